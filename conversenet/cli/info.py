@@ -1,0 +1,28 @@
+"""``conversenet info``: versions, devices, and a quick self-check of Converse2D."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="show versions and run a quick self-check of the operator")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import __version__
+    from ..functional import conv_down, converse2d
+
+    print(f"conversenet {__version__}, torch {torch.__version__}, "
+          f"cuda {'available' if torch.cuda.is_available() else 'not available'}, "
+          f"threads {torch.get_num_threads()}")
+    # self-check: Converse2D inverts conv_down up to the regulariser
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 48, generator=g, dtype=torch.float64)
+    k = torch.softmax(torch.randn(1, 3, 9, generator=g, dtype=torch.float64), -1).reshape(1, 3, 3, 3)
+    y = conv_down(x, k, scale=2)
+    xr = converse2d(y, k, lam=1e-6, scale=2)
+    err = (conv_down(xr, k, scale=2) - y).abs().max().item()
+    print(f"self-check: Converse2D(scale=2) re-degraded matches its input to {err:.1e} (max abs)")
+    return 0 if err < 1e-4 else 1

@@ -1,0 +1,5 @@
+"""Stateless operators: the math of Converse2D and its forward model."""
+
+from .converse import PADDING_MODES, X0_MODES, conv_down, converse2d, converse_filter, kernel_otf
+
+__all__ = ["converse2d", "conv_down", "converse_filter", "kernel_otf", "PADDING_MODES", "X0_MODES"]

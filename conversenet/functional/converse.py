@@ -1,0 +1,374 @@
+"""Converse2D (reverse convolution) and its forward model, as stateless functions.
+
+Conventions (see ``docs/OPERATOR.md``):
+
+* ``conv_down(x, k, s)`` is a circular depthwise convolution whose kernel centre sits at
+  ``(kh // 2, kw // 2)`` (MATLAB's ``psf2otf`` convention) followed by keeping the
+  upper-left pixel of every ``s x s`` block.
+* ``converse2d(y, k, lam, s)`` returns the minimiser of
+  ``||y - conv_down(x, k, s)||^2 + lam * ||x - x0||^2`` in closed form.
+
+The closed form used here is the numerically stable one of the math note::
+
+    X* = X0 + F^-1( conj(FK) (.)s F(R) / (|FK|^2 (v)s + lam) ),  R = Y - (X0 (x) K) |s
+
+For ``x0="interp"`` and ``x0="zero"`` X0 is itself a filtered copy of Y, so the whole
+operator is ``irfft2(tile(F(Y)) * G)`` with a filter ``G`` that depends only on the kernel
+and lam (:func:`converse_filter`); the :class:`conversenet.nn.Converse2d` module caches G
+in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "converse2d",
+    "conv_down",
+    "converse_filter",
+    "kernel_otf",
+    "PADDING_MODES",
+    "X0_MODES",
+]
+
+PADDING_MODES = ("circular", "reflect", "replicate", "constant")
+X0_MODES = ("interp", "zero")
+
+Lam = Union[float, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------
+# validation (everything is checked before any arithmetic happens)
+# --------------------------------------------------------------------------------------
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{name} must have a real floating dtype, got {t.dtype}")
+
+
+def _check_int(name: str, v, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    v = int(v)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _check_x(x: torch.Tensor) -> None:
+    _check_float("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def _check_weight(weight: torch.Tensor, n: int, c: int) -> None:
+    _check_float("weight", weight)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (1 or N, C, kh, kw), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != c:
+        raise ValueError(f"weight has {weight.shape[1]} channels but x has {c}")
+    if weight.shape[0] not in (1, n):
+        raise ValueError(
+            f"weight batch must be 1 (shared) or N={n} (per-sample), got {weight.shape[0]}"
+        )
+
+
+def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor) -> torch.Tensor:
+    """Validates lam and returns it as a (1 or N, C, 1, 1) tensor."""
+    if isinstance(lam, bool):
+        raise ValueError(f"lam must be a positive number or tensor, got {lam!r}")
+    if isinstance(lam, numbers.Real):
+        if not lam > 0 or not math.isfinite(lam):
+            raise ValueError(f"lam must be positive and finite, got {lam}")
+        return torch.full((1, c, 1, 1), float(lam), dtype=ref.dtype, device=ref.device)
+    if not isinstance(lam, torch.Tensor):
+        raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    _check_float("lam", lam)
+    if lam.dim() == 0:
+        t = lam.reshape(1, 1, 1, 1).expand(1, c, 1, 1)
+    elif lam.dim() == 1 and lam.shape[0] in (1, c):
+        t = lam.reshape(1, -1, 1, 1).expand(1, c, 1, 1)
+    elif lam.dim() == 4 and lam.shape[0] in (1, n) and lam.shape[1] in (1, c) and lam.shape[2:] == (1, 1):
+        t = lam.expand(lam.shape[0], c, 1, 1)
+    else:
+        raise ValueError(
+            f"lam must be a float, a C-vector, 1xCx1x1 or NxCx1x1 (N={n}, C={c}); "
+            f"got shape {tuple(lam.shape)}"
+        )
+    if not torch.is_grad_enabled() or not lam.requires_grad:
+        bad = not bool((lam > 0).all())
+    else:
+        bad = not bool((lam.detach() > 0).all())
+    if bad:
+        raise ValueError("lam must be positive everywhere")
+    return t
+
+
+def _check_padding(padding: int, padding_mode: str, h: int, w: int) -> int:
+    padding = _check_int("padding", padding, 0)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if padding_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(
+            f"padding={padding} with padding_mode='reflect' needs padding < min(H, W)={min(h, w)}"
+        )
+    if padding_mode == "circular" and padding > min(h, w):
+        raise ValueError(
+            f"padding={padding} with padding_mode='circular' needs padding <= min(H, W)={min(h, w)}"
+        )
+    return padding
+
+
+# --------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------
+def _pad(x: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    if padding == 0:
+        return x
+    return F.pad(x, (padding,) * 4, mode=mode)
+
+
+def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = False) -> torch.Tensor:
+    """DFT of a kernel zero-padded to ``size`` with its centre ``(kh//2, kw//2)`` at (0, 0).
+
+    Args:
+        weight: (B, C, kh, kw) real kernel.
+        size: (M, N) spatial size of the transform, ``M >= kh`` and ``N >= kw``.
+        onesided: return the ``rfft2`` half-plane (B, C, M, N//2+1) instead of the full
+            (B, C, M, N) spectrum.
+    """
+    kh, kw = weight.shape[-2:]
+    m, n = size
+    padded = F.pad(weight, (0, n - kw, 0, m - kh))
+    padded = torch.roll(padded, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
+    return torch.fft.rfft2(padded) if onesided else torch.fft.fft2(padded)
+
+
+def _block_mean(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Mean of the s x s distinct blocks of a (..., sH, sW) spectrum -> (..., H, W)."""
+    if s == 1:
+        return z
+    *lead, sh, sw = z.shape
+    return z.reshape(*lead, s, sh // s, s, sw // s).mean(dim=(-4, -2))
+
+
+def _tile_half(z: torch.Tensor, s: int, out_w: int) -> torch.Tensor:
+    """Tiles a full (..., H, W) spectrum s x s times and keeps the rfft half-plane columns."""
+    if s == 1:
+        return z[..., : out_w // 2 + 1]
+    return z.repeat(*([1] * (z.dim() - 2)), s, s)[..., : out_w // 2 + 1]
+
+
+def _box_spectrum(s: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Full DFT (m, n) of an s x s box at offsets [0, s): turns zero-upsampling into nearest."""
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def axis(size: int) -> torch.Tensor:
+        u = torch.arange(size, dtype=dtype, device=device)
+        a = torch.arange(s, dtype=dtype, device=device)
+        phase = -2 * math.pi * torch.outer(u, a) / size
+        return torch.polar(torch.ones_like(phase), phase).sum(-1).to(cdtype)
+
+    return axis(m)[:, None] * axis(n)[None, :]
+
+
+def converse_filter(
+    weight: torch.Tensor,
+    lam: torch.Tensor,
+    size: Tuple[int, int],
+    scale: int = 1,
+    x0: str = "interp",
+) -> torch.Tensor:
+    """Spectral filter G such that ``converse2d(y) = irfft2(tile_s(F(y)) * G)``.
+
+    Args:
+        weight: (B, C, kh, kw) kernel, B = 1 or N.
+        lam: (B', C, 1, 1) positive regulariser, B' = 1 or N.
+        size: (H, W) of the (padded) input y.
+        scale: upsampling factor s.
+        x0: ``"interp"`` (nearest interpolation of y) or ``"zero"``.
+
+    Returns:
+        complex (max(B, B'), C, sH, sW//2+1) filter on the rfft half-plane of the output.
+    """
+    h, w = size
+    s = scale
+    big = (s * h, s * w)
+    lam_c = lam.to(weight.dtype)
+    if s == 1:
+        fk = kernel_otf(weight, big, onesided=True)
+        fk2 = fk.real.square() + fk.imag.square()
+        inv = 1.0 / (fk2 + lam_c)
+        if x0 == "zero":
+            return fk.conj() * inv
+        # X0 = Y:  G = 1 + conj(FK)(1 - FK)/(|FK|^2 + lam) = (conj(FK) + lam)/(|FK|^2 + lam)
+        return (fk.conj() + lam_c) * inv
+    fk = kernel_otf(weight, big, onesided=False)
+    fk2 = fk.real.square() + fk.imag.square()
+    inv = 1.0 / (_block_mean(fk2, s) + lam_c)  # (B, C, H, W)
+    fk_half = fk[..., : big[1] // 2 + 1]
+    if x0 == "zero":
+        return fk_half.conj() * _tile_half(inv.to(fk.dtype), s, big[1])
+    box = _box_spectrum(s, big[0], big[1], weight.dtype, weight.device)
+    residual_gain = (1 - _block_mean(fk * box, s)) * inv  # F(R) = F(Y) * (1 - (FK*Fbox)(v)s)
+    return box[..., : big[1] // 2 + 1] + fk_half.conj() * _tile_half(residual_gain, s, big[1])
+
+
+def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
+    h, w = yp.shape[-2:]
+    big = (s * h, s * w)
+    if s == 1:
+        fy = torch.fft.rfft2(yp)
+    else:
+        fy = _tile_half(torch.fft.fft2(yp), s, big[1])
+    return torch.fft.irfft2(fy * g, s=big)
+
+
+def _solve_with_x0(
+    yp: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor, s: int, x0p: torch.Tensor
+) -> torch.Tensor:
+    """General closed form for an arbitrary X0 tensor (already at the padded output size)."""
+    h, w = yp.shape[-2:]
+    big = (s * h, s * w)
+    fk = kernel_otf(weight, big, onesided=False)
+    fk2 = fk.real.square() + fk.imag.square()
+    inv = 1.0 / (_block_mean(fk2, s) + lam)
+    fr = torch.fft.fft2(yp) - _block_mean(fk * torch.fft.fft2(x0p), s)
+    upd = fk[..., : big[1] // 2 + 1].conj() * _tile_half(fr * inv, s, big[1])
+    return x0p + torch.fft.irfft2(upd, s=big)
+
+
+# --------------------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------------------
+def converse2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lam: Lam,
+    scale: int = 1,
+    padding: int = 0,
+    padding_mode: str = "circular",
+    x0: Union[str, torch.Tensor] = "interp",
+    *,
+    filter: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reverse convolution: the closed-form inverse of depthwise convolution + s-fold downsampling.
+
+    Solves, per sample and channel, at the padded size,
+    ``argmin_X ||Y - (X (x) K) |s||^2 + lam ||X - X0||^2`` and crops ``padding * scale``
+    pixels from every side of the result.
+
+    Args:
+        x: (N, C, H, W) input Y, real floating point. float16/bfloat16 are computed in
+            float32 and returned in the input dtype.
+        weight: (1, C, kh, kw) shared kernel or (N, C, kh, kw) one kernel per sample.
+            Centre at ``(kh // 2, kw // 2)``; any size up to the padded output size.
+        lam: positive regulariser: a float, a C-vector, 1xCx1x1 or NxCx1x1 tensor.
+        scale: integer upsampling factor s >= 1.
+        padding: pixels of padding added to every side of x before solving.
+        padding_mode: ``"circular"``, ``"reflect"``, ``"replicate"`` or ``"constant"`` (zeros).
+        x0: ``"interp"`` (nearest interpolation of x by s, the paper's default), ``"zero"``,
+            or an (N, C, H*s, W*s) tensor (padded by ``padding*scale`` with the same mode).
+        filter: precomputed :func:`converse_filter` for the padded size (advanced; used by
+            the module's eval-mode cache). Must match weight, lam, scale and x0.
+
+    Returns:
+        (N, C, H*scale, W*scale) tensor in x's dtype.
+
+    Example:
+        >>> import torch
+        >>> from conversenet.functional import converse2d, conv_down
+        >>> k = torch.softmax(torch.randn(1, 3, 5 * 5), -1).reshape(1, 3, 5, 5)
+        >>> y = torch.randn(2, 3, 16, 20)
+        >>> out = converse2d(y, k, lam=1e-2, scale=2, padding=4)
+        >>> out.shape
+        torch.Size([2, 3, 32, 40])
+    """
+    _check_x(x)
+    n, c, h, w = x.shape
+    _check_weight(weight, n, c)
+    scale = _check_int("scale", scale, 1)
+    padding = _check_padding(padding, padding_mode, h, w)
+    lam_t = _lam_tensor(lam, n, c, weight)
+    kh, kw = weight.shape[-2:]
+    hp, wp = h + 2 * padding, w + 2 * padding
+    if kh > scale * hp or kw > scale * wp:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded output {scale * hp}x{scale * wp}; "
+            "increase padding or use a smaller kernel"
+        )
+    x0_tensor = None
+    if isinstance(x0, torch.Tensor):
+        _check_float("x0", x0)
+        if tuple(x0.shape) != (n, c, h * scale, w * scale):
+            raise ValueError(
+                f"x0 must have the output's shape {(n, c, h * scale, w * scale)}, got {tuple(x0.shape)}"
+            )
+        x0_tensor = x0
+    elif x0 not in X0_MODES:
+        raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
+
+    out_dtype = x.dtype
+    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = x.to(compute)
+        k = weight.to(compute)
+        lam_c = lam_t.to(compute)
+        yp = _pad(y, padding, padding_mode)
+        if x0_tensor is not None:
+            x0p = _pad(x0_tensor.to(compute), padding * scale, padding_mode)
+            out = _solve_with_x0(yp, k, lam_c, scale, x0p)
+        else:
+            g = filter if filter is not None else converse_filter(k, lam_c, (hp, wp), scale, x0)
+            out = _apply_filter(yp, g, scale)
+        if padding:
+            p = padding * scale
+            out = out[..., p:-p, p:-p]
+    return out.to(out_dtype)
+
+
+def conv_down(x: torch.Tensor, weight: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """Forward model of Converse2D: circular depthwise convolution, then s-fold downsampling.
+
+    ``y[i, j] = sum_{a, b} K[a, b] x[(s*i - a + kh//2) mod H, (s*j - b + kw//2) mod W]``
+
+    Args:
+        x: (N, C, H, W) with H and W divisible by ``scale``.
+        weight: (1, C, kh, kw) or (N, C, kh, kw), kh <= H and kw <= W.
+        scale: keep the upper-left pixel of every scale x scale block.
+
+    Returns:
+        (N, C, H // scale, W // scale).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.functional import conv_down
+        >>> conv_down(torch.randn(1, 2, 8, 6), torch.ones(1, 2, 3, 3) / 9, scale=2).shape
+        torch.Size([1, 2, 4, 3])
+    """
+    _check_x(x)
+    n, c, h, w = x.shape
+    _check_weight(weight, n, c)
+    scale = _check_int("scale", scale, 1)
+    if h % scale or w % scale:
+        raise ValueError(f"x size {h}x{w} must be divisible by scale={scale}")
+    kh, kw = weight.shape[-2:]
+    if kh > h or kw > w:
+        raise ValueError(f"kernel {kh}x{kw} is larger than x ({h}x{w})")
+    # true convolution == correlation with the flipped kernel; centre kh//2 means
+    # (kh - 1 - kh//2) pixels of wrap-around before and kh//2 after.
+    ch, cw = kh // 2, kw // 2
+    xp = F.pad(x, (kw - 1 - cw, cw, kh - 1 - ch, ch), mode="circular")
+    k = weight.flip(-2, -1).to(x.dtype)
+    if weight.shape[0] == 1:
+        out = F.conv2d(xp, k.reshape(c, 1, kh, kw), groups=c)
+    else:
+        out = F.conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), k.reshape(n * c, 1, kh, kw), groups=n * c)
+        out = out.reshape(n, c, h, w)
+    return out[..., ::scale, ::scale]

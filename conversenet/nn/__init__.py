@@ -1,0 +1,5 @@
+"""Layers: Converse2d, LayerNorm2d and the converse block."""
+
+from .converse import KERNEL_INITS, SPATIAL_OPS, Converse2d, ConverseBlock, LayerNorm2d
+
+__all__ = ["Converse2d", "ConverseBlock", "LayerNorm2d", "KERNEL_INITS", "SPATIAL_OPS"]

@@ -1,0 +1,280 @@
+"""Converse2d layer, channel LayerNorm and the converse block of the paper."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..functional import converse as _fc
+
+__all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS"]
+
+KERNEL_INITS = ("gaussian_softmax", "gaussian", "uniform")
+SPATIAL_OPS = ("converse", "conv", "convt")
+
+_IntPair = Union[int, Tuple[int, int]]
+
+
+def _pair(v: _IntPair, name: str) -> Tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+class Converse2d(nn.Module):
+    """Learnable depthwise reverse convolution (Converse2D).
+
+    Parameters:
+        weight: (1, C, kh, kw) kernel, Gaussian-random then softmax over its kh*kw entries
+            (``kernel_init="gaussian_softmax"``, applied once at initialisation). Absent when
+            ``learn_kernel=False``: the kernel is then a forward argument.
+        bias: (1, C, 1, 1), zeros; ``lam = sigmoid(bias - 9) + eps``.
+
+    Args:
+        channels: C.
+        kernel_size: k or (kh, kw).
+        scale: upsampling factor s (output is s times larger).
+        padding: padding added before solving; default ``max(kh, kw) - 1`` (4 for 5x5).
+        padding_mode: circular | reflect | replicate | constant.
+        eps: lower bound of lam (1e-5; the paper's x2 upsamplers use 1e-3).
+        x0: ``"interp"`` or ``"zero"``.
+        kernel_init: ``"gaussian_softmax"`` (paper default), ``"gaussian"`` or ``"uniform"``.
+        learn_kernel: False for kernel-conditioned use, ``forward(x, kernel)``.
+
+    Shape:
+        x (N, C, H, W) -> (N, C, H*s, W*s); kernel argument (1 or N, C, kh, kw).
+
+    In eval mode without autograd the spectral filter is cached and reused until the
+    weights change (tracked by their version counters).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.nn import Converse2d
+        >>> layer = Converse2d(8, 5, scale=2, padding=4)
+        >>> layer(torch.randn(2, 8, 16, 12)).shape
+        torch.Size([2, 8, 32, 24])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: _IntPair = 5,
+        scale: int = 1,
+        padding: Optional[int] = None,
+        padding_mode: str = "circular",
+        eps: float = 1e-5,
+        x0: str = "interp",
+        kernel_init: str = "gaussian_softmax",
+        learn_kernel: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        kh, kw = _pair(kernel_size, "kernel_size")
+        self.channels = channels
+        self.kernel_size = (kh, kw)
+        self.scale = _fc._check_int("scale", scale, 1)
+        self.padding = max(kh, kw) - 1 if padding is None else _fc._check_int("padding", padding, 0)
+        if padding_mode not in _fc.PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_fc.PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.eps = float(eps)
+        if x0 not in _fc.X0_MODES:
+            raise ValueError(f"x0 must be one of {_fc.X0_MODES}, got {x0!r}")
+        self.x0 = x0
+        if kernel_init not in KERNEL_INITS:
+            raise ValueError(f"kernel_init must be one of {KERNEL_INITS}, got {kernel_init!r}")
+        self.kernel_init = kernel_init
+        self.learn_kernel = learn_kernel
+        if learn_kernel:
+            self.weight = nn.Parameter(torch.empty(1, channels, kh, kw))
+        else:
+            self.register_parameter("weight", None)
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self._cache = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.bias.zero_()
+            if self.weight is None:
+                return
+            kh, kw = self.kernel_size
+            if self.kernel_init == "uniform":
+                self.weight.uniform_(0, 1)
+            else:
+                self.weight.normal_()
+                if self.kernel_init == "gaussian_softmax":
+                    flat = torch.softmax(self.weight.reshape(1, self.channels, kh * kw), dim=-1)
+                    self.weight.copy_(flat.reshape_as(self.weight))
+        self._cache = None
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``."""
+        return torch.sigmoid(self.bias - 9.0) + self.eps
+
+    def _cached_filter(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.training or torch.is_grad_enabled() or self.weight is None:
+            return None
+        if torch.compiler.is_compiling():
+            return None
+        h, w = x.shape[-2:]
+        size = (h + 2 * self.padding, w + 2 * self.padding)
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        key = (
+            size,
+            x.device,
+            compute,
+            self.weight._version,
+            self.bias._version,
+            self.weight.data_ptr(),
+            self.bias.data_ptr(),
+        )
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        g = _fc.converse_filter(
+            self.weight.to(compute), self.lam.to(compute), size, self.scale, self.x0
+        )
+        self._cache = (key, g)
+        return g
+
+    def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.weight is None:
+            if kernel is None:
+                raise ValueError("this Converse2d has learn_kernel=False: pass forward(x, kernel)")
+            weight = kernel
+        else:
+            if kernel is not None:
+                raise ValueError("this Converse2d learns its kernel; do not pass kernel=")
+            weight = self.weight
+        filt = self._cached_filter(x) if kernel is None else None
+        return _fc.converse2d(
+            x, weight, self.lam, self.scale, self.padding, self.padding_mode, self.x0, filter=filt
+        )
+
+    def _apply(self, fn, *args, **kwargs):  # moving/casting invalidates the cache
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, scale={self.scale}, "
+            f"padding={self.padding}, padding_mode={self.padding_mode!r}, eps={self.eps}, "
+            f"x0={self.x0!r}, learn_kernel={self.learn_kernel}"
+        )
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels at every pixel of an (N, C, H, W) tensor.
+
+    Parameters ``weight`` and ``bias`` have shape (C,).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.nn import LayerNorm2d
+        >>> y = LayerNorm2d(4)(torch.randn(2, 4, 3, 5))
+        >>> torch.allclose(y.mean(1), torch.zeros(2, 3, 5), atol=1e-6)
+        True
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).square().mean(1, keepdim=True)
+        x = (x - mu) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _spatial_op(
+    kind: str, channels: int, kernel_size: Tuple[int, int], padding: Optional[int],
+    padding_mode: str, eps: float, x0: str, kernel_init: str,
+) -> nn.Module:
+    if kind == "converse":
+        return Converse2d(channels, kernel_size, 1, padding, padding_mode, eps, x0, kernel_init)
+    kh, kw = kernel_size
+    if kind == "conv":
+        mode = "zeros" if padding_mode == "constant" else padding_mode
+        return nn.Conv2d(channels, channels, kernel_size, padding="same", padding_mode=mode, groups=channels)
+    if kind == "convt":
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError("spatial='convt' needs odd kernel sizes to keep the feature size")
+        return nn.ConvTranspose2d(channels, channels, kernel_size, padding=(kh // 2, kw // 2), groups=channels)
+    raise ValueError(f"spatial must be one of {SPATIAL_OPS}, got {kind!r}")
+
+
+class ConverseBlock(nn.Module):
+    """The paper's converse block (Fig. 2), width C, expansion 2.
+
+    ``x = x + a1 * B1(x); x = x + a2 * B2(x)`` with
+    ``B1 = LN -> 1x1 C->2C -> GELU -> Converse2d(2C) -> GELU -> 1x1 2C->C`` (``conv1``) and
+    ``B2 = LN -> 1x1 C->2C -> GELU -> 1x1 2C->C`` (``conv2``). ``a1``/``a2`` are the
+    learnable per-channel residual scales ``alpha1``/``alpha2`` (1, C, 1, 1), initialised
+    to 0, when ``residual_scale=True``; otherwise 1.
+
+    ``spatial`` swaps Converse2d for a depthwise ``"conv"`` or transposed ``"convt"`` of
+    the same kernel size (the Conv-/ConvT- baselines of Tables 4-5).
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.nn import ConverseBlock
+        >>> ConverseBlock(16, kernel_size=3)(torch.randn(1, 16, 10, 12)).shape
+        torch.Size([1, 16, 10, 12])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: _IntPair = 5,
+        padding: Optional[int] = None,
+        padding_mode: str = "circular",
+        eps: float = 1e-5,
+        x0: str = "interp",
+        kernel_init: str = "gaussian_softmax",
+        residual_scale: bool = False,
+        spatial: str = "converse",
+        expansion: int = 2,
+    ) -> None:
+        super().__init__()
+        ks = _pair(kernel_size, "kernel_size")
+        hidden = channels * expansion
+        self.conv1 = nn.Sequential(
+            LayerNorm2d(channels),
+            nn.Conv2d(channels, hidden, 1),
+            nn.GELU(),
+            _spatial_op(spatial, hidden, ks, padding, padding_mode, eps, x0, kernel_init),
+            nn.GELU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
+        self.conv2 = nn.Sequential(
+            LayerNorm2d(channels),
+            nn.Conv2d(channels, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
+        if residual_scale:
+            self.alpha1 = nn.Parameter(torch.zeros(1, channels, 1, 1))
+            self.alpha2 = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        else:
+            self.alpha1 = self.alpha2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.alpha1 is None:
+            x = x + self.conv1(x)
+            return x + self.conv2(x)
+        x = x + self.alpha1 * self.conv1(x)
+        return x + self.alpha2 * self.conv2(x)

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+
+from conversenet import paths
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    root = paths.data_root()
+    if root is None or not root.is_dir():
+        pytest.skip("reference data not found: set CONVERSENET_DATA or place ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def official_dir():
+    d = paths.default_official_weights_dir()
+    if d is None or not d.is_dir():
+        pytest.skip("official checkpoints not found: set CONVERSENET_WEIGHTS_DIR")
+    os.environ.setdefault("CONVERSENET_WEIGHTS_DIR", str(d))
+    return d
