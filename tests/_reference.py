@@ -1,0 +1,136 @@
+"""Independent float64 references for the Converse2D tests.
+
+Nothing here imports conversenet: the forward model is built as an explicit matrix by
+naive loops from its definition, the optimum comes from a dense solve of the normal
+equations, and the paper's Eq. 6 is written out with full complex FFTs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# numpy names of the padding modes (reflect excludes the edge pixel in both libraries)
+NP_PAD = {"circular": "wrap", "reflect": "reflect", "replicate": "edge", "constant": "constant"}
+
+
+def conv_down_matrix(kernel: np.ndarray, big_h: int, big_w: int, s: int) -> np.ndarray:
+    """Matrix A (H*W, sH*sW) of ``y[i,j] = sum_ab K[a,b] x[(s i - a + kh//2) % sH, (s j - b + kw//2) % sW]``."""
+    kh, kw = kernel.shape
+    h, w = big_h // s, big_w // s
+    a_mat = np.zeros((h * w, big_h * big_w))
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for b in range(kw):
+                    r = (s * i - a + kh // 2) % big_h
+                    c = (s * j - b + kw // 2) % big_w
+                    a_mat[i * w + j, r * big_w + c] += kernel[a, b]
+    return a_mat
+
+
+def nearest_up(y: np.ndarray, s: int) -> np.ndarray:
+    """Nearest-neighbour s-fold interpolation of the last two axes."""
+    return np.repeat(np.repeat(y, s, axis=-2), s, axis=-1)
+
+
+def pad(x: np.ndarray, p: int, mode: str) -> np.ndarray:
+    if p == 0:
+        return x
+    widths = [(0, 0)] * (x.ndim - 2) + [(p, p), (p, p)]
+    return np.pad(x, widths, mode=NP_PAD[mode])
+
+
+def dense_converse(y, kernel, lam, s, padding=0, padding_mode="circular", x0="interp"):
+    """Reference Converse2D by dense solves of (A^T A + lam I) x = A^T y + lam x0.
+
+    y: (N, C, H, W); kernel: (1 or N, C, kh, kw); lam: (1 or N, C) array;
+    x0: "interp", "zero" or an (N, C, sH, sW) array. All numpy float64.
+    Returns (N, C, sH, sW).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    kernel = np.asarray(kernel, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64)
+    n, c, h, w = y.shape
+    yp = pad(y, padding, padding_mode)
+    hp, wp = yp.shape[-2:]
+    if isinstance(x0, str):
+        x0p = nearest_up(yp, s) if x0 == "interp" else np.zeros((n, c, s * hp, s * wp))
+    else:
+        x0p = pad(np.asarray(x0, dtype=np.float64), padding * s, padding_mode)
+    out = np.empty((n, c, s * hp, s * wp))
+    eye = np.eye(s * hp * s * wp)
+    for ni in range(n):
+        for ci in range(c):
+            k = kernel[ni if kernel.shape[0] > 1 else 0, ci]
+            lm = lam[ni if lam.shape[0] > 1 else 0, ci]
+            a_mat = torch.from_numpy(conv_down_matrix(k, s * hp, s * wp, s))
+            lhs = a_mat.T @ a_mat + lm * torch.from_numpy(eye)
+            rhs = a_mat.T @ torch.from_numpy(yp[ni, ci].ravel()) + lm * torch.from_numpy(x0p[ni, ci].ravel())
+            out[ni, ci] = torch.linalg.solve(lhs, rhs).numpy().reshape(s * hp, s * wp)
+    if padding:
+        q = padding * s
+        out = out[..., q:-q, q:-q]
+    return out
+
+
+def psf2otf(kernel: torch.Tensor, size) -> torch.Tensor:
+    """Full complex DFT of the kernel zero-padded to ``size``, centre (kh//2, kw//2) moved to (0, 0)."""
+    kh, kw = kernel.shape[-2:]
+    m, n = size
+    buf = torch.zeros(*kernel.shape[:-2], m, n, dtype=kernel.dtype, device=kernel.device)
+    buf[..., :kh, :kw] = kernel
+    for axis, shift in ((-2, kh // 2), (-1, kw // 2)):
+        buf = torch.roll(buf, -shift, dims=axis)
+    return torch.fft.fft2(buf)
+
+
+def eq6(y: torch.Tensor, kernel: torch.Tensor, lam: torch.Tensor, s: int, x0: str = "interp") -> torch.Tensor:
+    """The paper's Eq. 6 as written (circular boundary, no padding), in y's dtype.
+
+    y: (N, C, H, W); kernel: (1 or N, C, kh, kw); lam: broadcastable to (N, C, 1, 1).
+    """
+    n, c, h, w = y.shape
+    big = (s * h, s * w)
+    y_up = torch.zeros(n, c, *big, dtype=y.dtype, device=y.device)
+    y_up[..., ::s, ::s] = y
+    if x0 == "interp":
+        x0t = y.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
+    else:
+        x0t = torch.zeros_like(y_up)
+    fk = psf2otf(kernel.to(y.dtype), big)
+    lam = lam.to(y.dtype)
+    big_l = fk.conj() * torch.fft.fft2(y_up) + lam * torch.fft.fft2(x0t)
+
+    def block_mean(z):  # mean over the s x s distinct (H x W) blocks of the spectrum
+        acc = 0
+        for bi in range(s):
+            for bj in range(s):
+                acc = acc + z[..., bi * h:(bi + 1) * h, bj * w:(bj + 1) * w]
+        return acc / (s * s)
+
+    ratio = block_mean(fk * big_l) / (block_mean(fk.abs() ** 2) + lam)
+    tiled = torch.cat([torch.cat([ratio] * s, dim=-1)] * s, dim=-2)
+    return torch.fft.ifft2((big_l - fk.conj() * tiled) / lam).real
+
+
+def softmax_kernel(gen: torch.Generator, b: int, c: int, kh: int, kw: int, dtype=torch.float64):
+    raw = torch.randn(b, c, kh * kw, generator=gen, dtype=dtype)
+    return torch.softmax(raw, -1).reshape(b, c, kh, kw)
+
+
+def layernorm2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """Per-pixel LayerNorm over axis 1, float64, biased variance."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    n, c, h, w = x.shape
+    for ni in range(n):
+        for i in range(h):
+            for j in range(w):
+                v = x[ni, :, i, j]
+                mu = sum(v) / c
+                var = sum((t - mu) ** 2 for t in v) / c
+                out[ni, :, i, j] = (v - mu) / math.sqrt(var + eps) * weight + bias
+    return out
