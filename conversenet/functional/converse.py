@@ -300,7 +300,7 @@ def converse2d(
     hp, wp = h + 2 * padding, w + 2 * padding
     if kh > scale * hp or kw > scale * wp:
         raise ValueError(
-            f"kernel {kh}x{kw} is larger than the padded output {scale * hp}x{scale * wp}; "
+            f"weight: kernel {kh}x{kw} is larger than the padded output {scale * hp}x{scale * wp}; "
             "increase padding or use a smaller kernel"
         )
     x0_tensor = None
@@ -360,7 +360,7 @@ def conv_down(x: torch.Tensor, weight: torch.Tensor, scale: int = 1) -> torch.Te
         raise ValueError(f"x size {h}x{w} must be divisible by scale={scale}")
     kh, kw = weight.shape[-2:]
     if kh > h or kw > w:
-        raise ValueError(f"kernel {kh}x{kw} is larger than x ({h}x{w})")
+        raise ValueError(f"weight: kernel {kh}x{kw} is larger than x ({h}x{w})")
     # true convolution == correlation with the flipped kernel; centre kh//2 means
     # (kh - 1 - kh//2) pixels of wrap-around before and kh//2 after.
     ch, cw = kh // 2, kw // 2
