@@ -138,12 +138,19 @@ class Converse2d(nn.Module):
             self.weight.data_ptr(),
             self.bias.data_ptr(),
         )
-        if self._cache is not None and self._cache[0] == key:
+        # in-place edits through ``.data`` do not bump the version counter, so the cached
+        # values are compared too (a few C*k*k numbers, negligible next to the FFTs)
+        if (
+            self._cache is not None
+            and self._cache[0] == key
+            and torch.equal(self._cache[2], self.weight)
+            and torch.equal(self._cache[3], self.bias)
+        ):
             return self._cache[1]
         g = _fc.converse_filter(
             self.weight.to(compute), self.lam.to(compute), size, self.scale, self.x0
         )
-        self._cache = (key, g)
+        self._cache = (key, g, self.weight.detach().clone(), self.bias.detach().clone())
         return g
 
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
