@@ -1,0 +1,147 @@
+"""Model registry: ``create(name, pretrained=None, **overrides)`` and ``list_models()``.
+
+Names without ``_official`` use the paper's text defaults; the ``*_official`` presets match
+the released checkpoints (``pretrained="official"``).
+
+Example:
+    >>> from conversenet.models import create, list_models
+    >>> "converse_dncnn_official" in list_models()
+    True
+    >>> net = create("converse_dncnn", width=8, num_blocks=1)
+    >>> type(net).__name__, net.task
+    ('ConverseDnCNN', 'denoise')
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch.nn as nn
+
+from . import weights as _w
+from .deblur import ConverseNet, ConverseUSRNet, ConvNet, ConvUSRNet
+from .denoise import ConvDnCNN, ConverseDnCNN, ConvTDnCNN, DnCNN
+from .sr import ConverseSRResNet, ConvSRResNet, ConvTSRResNet, SRResNet
+
+__all__ = ["create", "list_models", "model_info", "ModelEntry"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    cls: type
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    official_file: Optional[str] = None
+    doc: str = ""
+
+
+_REGISTRY: Dict[str, ModelEntry] = {
+    # denoising, Table 4 (paper defaults: 5x5, circular padding 4)
+    "converse_dncnn": ModelEntry(ConverseDnCNN, doc="Converse-DnCNN, 5x5 kernels (Table 4)"),
+    "conv_dncnn": ModelEntry(ConvDnCNN, doc="Conv-DnCNN (depthwise conv)"),
+    "convt_dncnn": ModelEntry(ConvTDnCNN, doc="ConvT-DnCNN (depthwise transposed conv)"),
+    "dncnn": ModelEntry(DnCNN, doc="original DnCNN, 17 layers"),
+    "converse_dncnn_official": ModelEntry(
+        ConverseDnCNN, {"kernel_size": 7, "padding": 6}, "converse_dncnn.pth",
+        "released Converse-DnCNN (7x7, circular padding 6), grayscale sigma=25",
+    ),
+    # super-resolution x4, Tables 5-6
+    "srresnet": ModelEntry(SRResNet, doc="modified SRResNet, pixel shuffle"),
+    "srresnet_pixelshuffle": ModelEntry(SRResNet, {"upsampler": "pixelshuffle"}, doc="Table 6"),
+    "srresnet_nearest": ModelEntry(SRResNet, {"upsampler": "nearest"}, doc="Table 6"),
+    "srresnet_convt": ModelEntry(SRResNet, {"upsampler": "convt"}, doc="Table 6"),
+    "srresnet_converse": ModelEntry(SRResNet, {"upsampler": "converse"}, doc="Table 6"),
+    "converse_srresnet": ModelEntry(ConverseSRResNet, doc="Converse-SRResNet (Table 5)"),
+    "conv_srresnet": ModelEntry(ConvSRResNet, doc="Conv-SRResNet (Table 5)"),
+    "convt_srresnet": ModelEntry(ConvTSRResNet, doc="ConvT-SRResNet (Table 5)"),
+    "converse_srresnet_official": ModelEntry(
+        ConverseSRResNet, {}, "converse_srresnet.pth", "released Converse-SRResNet, bicubic x4"
+    ),
+    # deblurring, Table 7
+    "conversenet": ModelEntry(ConverseNet, doc="ConverseNet, blind"),
+    "convnet": ModelEntry(ConvNet, doc="ConvNet, blind"),
+    "converse_usrnet": ModelEntry(ConverseUSRNet, doc="Converse-USRNet, non-blind"),
+    "conv_usrnet": ModelEntry(ConvUSRNet, doc="Conv-USRNet, non-blind (data step on the image)"),
+    "conversenet_official": ModelEntry(ConverseNet, {}, "conversenet.pth", "released ConverseNet"),
+    "converse_usrnet_official": ModelEntry(
+        ConverseUSRNet, {}, "converse_usrnet.pth", "released Converse-USRNet"
+    ),
+}
+
+
+def list_models(task: Optional[str] = None) -> List[str]:
+    """Registered names (sorted), optionally only those of ``task`` (denoise/sr/deblur)."""
+    return sorted(n for n, e in _REGISTRY.items() if task is None or e.cls.task == task)
+
+
+def _entry(name: str) -> ModelEntry:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def model_info(name: str) -> Dict[str, Any]:
+    """Class, defaults, official file and a one-line description of a registered name."""
+    e = _entry(name)
+    return {"class": e.cls.__name__, "task": e.cls.task, "defaults": dict(e.defaults),
+            "official_file": e.official_file, "doc": e.doc}
+
+
+def _valid_args(cls: type) -> List[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def create(
+    name: str,
+    pretrained: Union[None, str, os.PathLike] = None,
+    *,
+    weights_path: Union[None, str, os.PathLike] = None,
+    download: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """Builds a registered model, optionally with weights.
+
+    Args:
+        name: one of :func:`list_models`.
+        pretrained: ``None`` (random init); ``"official"`` (the authors' file, found and
+            verified as described in :mod:`conversenet.models.weights`; only for names
+            with an official file); ``"builtin"`` (``conversenet/weights/<name>.pth``
+            shipped with the package); or a path to a state-dict file (loaded as is).
+        weights_path: with ``"official"``, an explicit file or folder searched first.
+        download: with ``"official"``, allow downloading into the torch hub cache.
+        **overrides: constructor arguments replacing the entry's defaults.
+
+    Returns:
+        The model; in eval mode when weights were loaded.
+
+    Raises:
+        ValueError: unknown name or override, or ``"official"`` for a name without a file.
+        WeightsError: weights missing, corrupt or not fitting the model.
+    """
+    entry = _entry(name)
+    valid = _valid_args(entry.cls)
+    bad = sorted(set(overrides) - set(valid))
+    if bad:
+        raise ValueError(f"unknown argument(s) {bad} for {name!r} ({entry.cls.__name__}); valid: {', '.join(valid)}")
+    model = entry.cls(**{**entry.defaults, **overrides})
+    if pretrained is None or pretrained is False:
+        return model
+    if pretrained == "official":
+        if entry.official_file is None:
+            have = [n for n in list_models() if _REGISTRY[n].official_file]
+            raise ValueError(f"no official weights for {name!r}; official weights exist for: {', '.join(have)}")
+        path = _w.find_official(entry.official_file, weights_path, download=download)
+        source = f"{entry.official_file} ({path})"
+    elif pretrained == "builtin":
+        path = _w.builtin_path(name)
+        source = f"built-in {path.name}"
+    elif isinstance(pretrained, (str, os.PathLike)):
+        path = Path(pretrained)
+        source = str(path)
+    else:
+        raise ValueError(f"pretrained must be None, 'official', 'builtin' or a path, got {pretrained!r}")
+    _w.load_into(model, _w.read_state_dict(path), name, source)
+    return model.eval()
