@@ -20,6 +20,7 @@ in eval mode.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
@@ -142,12 +143,48 @@ def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = Fal
         size: (M, N) spatial size of the transform, ``M >= kh`` and ``N >= kw``.
         onesided: return the ``rfft2`` half-plane (B, C, M, N//2+1) instead of the full
             (B, C, M, N) spectrum.
+
+    Small kernels (the usual case) are transformed by two small matrix products with
+    DFT matrices, ``E_M K E_N^T``, which costs ``O(M N kw)`` instead of an FFT of the
+    whole padded kernel; larger kernels use the FFT. Both give the same spectrum up to
+    rounding.
+
+    Example:
+        >>> import torch
+        >>> k = torch.rand(1, 2, 3, 3, dtype=torch.float64)
+        >>> padded = torch.roll(torch.nn.functional.pad(k, (0, 5, 0, 7)), (-1, -1), (-2, -1))
+        >>> bool(torch.allclose(kernel_otf(k, (10, 8)), torch.fft.fft2(padded)))
+        True
     """
     kh, kw = weight.shape[-2:]
     m, n = size
+    if kh * kw <= _DFT_MAX_TAPS:
+        cdtype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
+        em = _dft_matrix(m, kh, m, weight.device, cdtype)  # (M, kh)
+        en = _dft_matrix(n, kw, n // 2 + 1 if onesided else n, weight.device, cdtype)  # (N', kw)
+        return torch.matmul(torch.matmul(em, weight.to(cdtype)), en.transpose(0, 1))
     padded = F.pad(weight, (0, n - kw, 0, m - kh))
     padded = torch.roll(padded, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
     return torch.fft.rfft2(padded) if onesided else torch.fft.fft2(padded)
+
+
+# kernels with at most this many taps are transformed by DFT matrices, not FFTs
+_DFT_MAX_TAPS = 256
+
+
+@functools.lru_cache(maxsize=64)
+def _dft_matrix(size: int, k: int, rows: int, device: torch.device, cdtype: torch.dtype) -> torch.Tensor:
+    """(rows, k) matrix ``exp(-2 pi i u (a - k//2) / size)``, u < rows, a < k.
+
+    The phase index ``u (a - k//2) mod size`` is formed in exact integer arithmetic and the
+    exponential in float64, so the matrix is correct to the last bit of ``cdtype``.
+    """
+    with torch.inference_mode(False), torch.no_grad():  # cached: must be a normal tensor
+        u = torch.arange(rows, dtype=torch.int64)
+        a = torch.arange(k, dtype=torch.int64) - k // 2
+        idx = torch.remainder(u[:, None] * a[None, :], size).to(torch.float64)
+        phase = idx * (-2.0 * math.pi / size)
+        return torch.polar(torch.ones_like(phase), phase).to(device=device, dtype=cdtype)
 
 
 def _block_mean(z: torch.Tensor, s: int) -> torch.Tensor:
@@ -163,6 +200,25 @@ def _tile_half(z: torch.Tensor, s: int, out_w: int) -> torch.Tensor:
     if s == 1:
         return z[..., : out_w // 2 + 1]
     return z.repeat(*([1] * (z.dim() - 2)), s, s)[..., : out_w // 2 + 1]
+
+
+def _tile_mul(a: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
+    """``a * _tile_half(z, s, sW)`` without materialising the tiled spectrum.
+
+    a: (B, C, sH, sW//2+1) half-plane; z: (B', C, H, W) full spectrum. Row blocks of the
+    tiling become a broadcast dimension; the half-plane's columns are ``j mod W``.
+    """
+    *lead, sh, wh = a.shape
+    h, w = z.shape[-2:]
+    cols = z if wh == w else z.index_select(-1, _wrap_index(wh, w, z.device))
+    prod = a.reshape(*lead, s, h, wh) * cols.unsqueeze(-3)
+    return prod.reshape(*prod.shape[:-3], sh, wh)
+
+
+@functools.lru_cache(maxsize=64)
+def _wrap_index(n: int, w: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.arange(n, device=device) % w
 
 
 def _box_spectrum(s: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -203,6 +259,8 @@ def converse_filter(
     lam_c = lam.to(weight.dtype)
     if s == 1:
         fk = kernel_otf(weight, big, onesided=True)
+        if not _tracks_grad(weight, lam_c) and lam_c.shape[0] <= fk.shape[0]:
+            return _filter_s1_inplace(fk, lam_c, x0)
         fk2 = fk.real.square() + fk.imag.square()
         inv = 1.0 / (fk2 + lam_c)
         if x0 == "zero":
@@ -212,22 +270,81 @@ def converse_filter(
     fk = kernel_otf(weight, big, onesided=False)
     fk2 = fk.real.square() + fk.imag.square()
     inv = 1.0 / (_block_mean(fk2, s) + lam_c)  # (B, C, H, W)
-    fk_half = fk[..., : big[1] // 2 + 1]
+    fk_half = fk[..., : big[1] // 2 + 1].conj()
     if x0 == "zero":
-        return fk_half.conj() * _tile_half(inv.to(fk.dtype), s, big[1])
+        return _tile_mul(fk_half, inv.to(fk.dtype), s)
     box = _box_spectrum(s, big[0], big[1], weight.dtype, weight.device)
     residual_gain = (1 - _block_mean(fk * box, s)) * inv  # F(R) = F(Y) * (1 - (FK*Fbox)(v)s)
-    return box[..., : big[1] // 2 + 1] + fk_half.conj() * _tile_half(residual_gain, s, big[1])
+    return box[..., : big[1] // 2 + 1] + _tile_mul(fk_half, residual_gain, s)
+
+
+def _tracks_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _filter_s1_inplace(fk: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
+    """The s = 1 filter computed in place on FK (no autograd): fewer passes, one buffer."""
+    fr = torch.view_as_real(fk)
+    re, im = fr[..., 0], fr[..., 1]
+    den = re.square()
+    den.addcmul_(im, im).add_(lam)
+    if x0 != "zero":
+        re.add_(lam)
+    im.neg_()
+    fr.div_(den.unsqueeze(-1))
+    return fk
+
+
+class _SpectralFilter(torch.autograd.Function):
+    """``irfft2(rfft2(yp) * g)`` (s = 1) with a backward that saves only ``rfft2(yp)``.
+
+    The map is a real circular convolution, so the input gradient is the correlation
+    ``irfft2(rfft2(grad) * conj(g))``; the filter gradient is autograd's own formula for
+    ``irfft2`` and the product (``rfft2(grad) / HW`` with the interior columns doubled,
+    times ``conj(rfft2(yp))``), summed over broadcast batch entries. The spectrum of the
+    input is saved only when the filter needs a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, yp: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        size = yp.shape[-2:]
+        fy = torch.fft.rfft2(yp)
+        need_g = ctx.needs_input_grad[1]
+        z = fy * g if need_g else fy.mul_(g)
+        ctx.size = tuple(size)
+        ctx.g_batch = g.shape[0]
+        ctx.save_for_backward(fy if need_g else None, g)
+        return torch.fft.irfft2(z, s=size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        fy, g = ctx.saved_tensors
+        h, w = ctx.size
+        gs = torch.fft.rfft2(grad)
+        grad_yp = grad_g = None
+        if ctx.needs_input_grad[1]:
+            gz = gs * fy.conj()
+            dbl = w - (w // 2 + 1)
+            if dbl > 0:
+                gz[..., 1 : 1 + dbl] *= 2
+            gz.div_(h * w)
+            if ctx.g_batch == 1 and gz.shape[0] != 1:
+                gz = gz.sum(0, keepdim=True)
+            grad_g = gz
+        if ctx.needs_input_grad[0]:
+            grad_yp = torch.fft.irfft2(gs.mul_(g.conj()), s=(h, w))
+        return grad_yp, grad_g
 
 
 def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
     h, w = yp.shape[-2:]
     big = (s * h, s * w)
     if s == 1:
-        fy = torch.fft.rfft2(yp)
-    else:
-        fy = _tile_half(torch.fft.fft2(yp), s, big[1])
-    return torch.fft.irfft2(fy * g, s=big)
+        if _tracks_grad(yp, g):
+            return _SpectralFilter.apply(yp, g)
+        return torch.fft.irfft2(torch.fft.rfft2(yp).mul_(g), s=big)
+    return torch.fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), s=big)
 
 
 def _solve_with_x0(

@@ -1,0 +1,674 @@
+"""Benchmark of Converse2D against the paper's Algorithm 1, an FFT floor and convolutions.
+
+Everything runs side by side in one process: every implementation of a case is warmed
+up, then timed ``repeat`` times; the table shows medians, the speed-up over the
+baseline (``x base`` = baseline median / median, higher is better), the peak memory and
+its ratio to the baseline's, and for the Converse2D rows the ratio to the FFT floor
+(``/floor`` = median / floor median, 1.0 is the floor).
+
+The baseline (:func:`baseline_converse2d`) is Algorithm 1 of the paper written plainly:
+complex FFTs of the zero-upsampled input and of ``lam * X0``, the kernel spectrum
+(psf2otf) recomputed every call, the s x s block splits and means, the division by lam;
+padded and cropped like the released layer. :func:`baseline_operator` swaps it into
+every :class:`~conversenet.nn.Converse2d` so that whole networks can be compared.
+
+Peak memory:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
+* CPU: the peak resident set size of the process during the call minus the resident set
+  size before it. The kernel's high-water mark is reset before every call by writing
+  ``5`` to ``/proc/self/clear_refs`` and read back from ``VmHWM`` in
+  ``/proc/self/status``; glibc's mmap threshold is pinned to 64 KiB (``mallopt``) so
+  that every tensor buffer is its own mapping, returned to the system when freed, and
+  the resident set follows the live tensors (FFT work buffers included). Without Linux
+  procfs or glibc the memory column is left empty.
+
+Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "baseline_converse2d",
+    "baseline_operator",
+    "ROWS",
+    "Result",
+    "run_bench",
+    "format_table",
+    "format_markdown",
+    "main",
+]
+
+
+# --------------------------------------------------------------------------------------
+# the baseline: Algorithm 1 of the paper, plainly
+# --------------------------------------------------------------------------------------
+def _p2o(psf: torch.Tensor, shape) -> torch.Tensor:
+    """psf2otf: kernel zero-padded to ``shape``, centre rolled to (0, 0), full complex FFT."""
+    otf = torch.zeros(psf.shape[:-2] + tuple(shape), dtype=psf.dtype, device=psf.device)
+    otf[..., : psf.shape[-2], : psf.shape[-1]].copy_(psf)
+    for axis, size in ((-2, psf.shape[-2]), (-1, psf.shape[-1])):
+        otf = torch.roll(otf, -(size // 2), dims=axis)
+    return torch.fft.fftn(otf, dim=(-2, -1))
+
+
+def _splits(a: torch.Tensor, s: int) -> torch.Tensor:
+    """[..., sH, sW] -> [..., H, W, s*s]: the s x s distinct blocks, stacked last."""
+    b = torch.stack(torch.chunk(a, s, dim=-2), dim=-1)  # [..., H, sW, s]
+    return torch.cat(torch.chunk(b, s, dim=-2), dim=-1)  # [..., H, W, s*s]
+
+
+def baseline_converse2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    lam: torch.Tensor,
+    scale: int = 1,
+    padding: int = 0,
+    padding_mode: str = "circular",
+) -> torch.Tensor:
+    """Converse2D as Algorithm 1 of the paper computes it (Eq. 6), the reference to beat.
+
+    Args:
+        x: (N, C, H, W) input Y.
+        weight: (1 or N, C, k, k) kernel.
+        lam: (1 or N, C, 1, 1) regulariser, or a float.
+        scale: upsampling factor s.
+        padding, padding_mode: padding applied before the solve; ``padding * s`` is
+            cropped from every side of the result, as in the released layer.
+
+    Returns:
+        (N, C, H*s, W*s).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.functional import converse2d
+        >>> y, k = torch.randn(1, 2, 12, 10, dtype=torch.float64), torch.rand(1, 2, 3, 3, dtype=torch.float64)
+        >>> ref = converse2d(y, k, 0.1, scale=2, padding=2)
+        >>> bool(torch.allclose(baseline_converse2d(y, k, 0.1, 2, 2), ref, atol=1e-10))
+        True
+    """
+    s = scale
+    if padding:
+        x = F.pad(x, (padding,) * 4, mode=padding_mode)
+    n, c, h, w = x.shape
+    y_up = torch.zeros(n, c, h * s, w * s, dtype=x.dtype, device=x.device)
+    y_up[..., ::s, ::s] = x  # standard s-fold upsampling: zeros in between
+    x0 = F.interpolate(x, scale_factor=s, mode="nearest") if s > 1 else x
+    fk = _p2o(weight.to(x.dtype), (h * s, w * s))
+    fk_conj = torch.conj(fk)
+    fk2 = torch.pow(torch.abs(fk), 2)
+    fky = fk_conj * torch.fft.fftn(y_up, dim=(-2, -1))
+    big_l = fky + torch.fft.fftn(lam * x0, dim=(-2, -1))
+    fkl = fk.mul(big_l)
+    fkl_s = torch.mean(_splits(fkl, s), dim=-1)
+    fk2_s = torch.mean(_splits(fk2, s), dim=-1)
+    fdiv = fkl_s.div(fk2_s + lam)
+    fmul = fk_conj * fdiv.repeat(1, 1, s, s)
+    fout = (big_l - fmul) / lam
+    out = torch.real(torch.fft.ifftn(fout, dim=(-2, -1)))
+    if padding:
+        p = padding * s
+        out = out[..., p:-p, p:-p]
+    return out
+
+
+@contextlib.contextmanager
+def baseline_operator() -> Iterator[None]:
+    """Within this context every :class:`~conversenet.nn.Converse2d` runs :func:`baseline_converse2d`.
+
+    The parameters and the module's interface are untouched (only ``x0="interp"``, the
+    paper's setting, is supported by the baseline).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.nn import Converse2d
+        >>> layer = Converse2d(2, 3, padding=2).double().eval()
+        >>> y = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+        >>> with baseline_operator():
+        ...     ref = layer(y)
+        >>> bool(torch.allclose(layer(y), ref, atol=1e-6))
+        True
+    """
+    from .nn.converse import Converse2d
+
+    original = Converse2d.forward
+
+    def forward(self, x, kernel=None):
+        weight = self.weight if kernel is None else kernel
+        if self.x0 != "interp":
+            raise ValueError("the baseline operator supports x0='interp' only")
+        return baseline_converse2d(x, weight, self.lam, self.scale, self.padding, self.padding_mode)
+
+    Converse2d.forward = forward
+    try:
+        yield
+    finally:
+        Converse2d.forward = original
+
+
+# --------------------------------------------------------------------------------------
+# timing and memory
+# --------------------------------------------------------------------------------------
+class _PeakMemory:
+    """Peak extra memory of one call (see the module docstring for the method)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.method = None
+        if device.type == "cuda":
+            self.method = "torch.cuda.max_memory_allocated"
+            return
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1
+            ok = ok and libc.mallopt(m_trim_threshold, 0) == 1
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._status("VmHWM")
+            if ok:
+                self.method = "peak RSS (VmHWM reset via clear_refs, glibc mmap threshold 64 KiB)"
+        except (OSError, AttributeError, ValueError):
+            self.method = None
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
+        if m is None:
+            raise ValueError(key)
+        return int(m.group(1)) * 1024
+
+    def start(self) -> None:
+        if self.method is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._base = self._status("VmRSS")
+
+    def stop(self) -> Optional[int]:
+        if self.method is None:
+            return None
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self._base
+        return max(0, self._status("VmHWM") - self._base)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Result:
+    """One implementation of one case."""
+
+    case: str
+    impl: str
+    kind: str  # "baseline" | "ours" | "floor" | "conv"
+    times_s: List[float] = field(default_factory=list)
+    peak_bytes: Optional[int] = None
+    median_s: float = float("nan")
+    speedup: Optional[float] = None  # baseline median / median
+    mem_ratio: Optional[float] = None  # peak / baseline peak
+    vs_floor: Optional[float] = None  # median / floor median
+
+
+def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float, mem: _PeakMemory):
+    for _ in range(warmup):
+        fn()
+        _sync(device)
+    times, peaks = [], []
+    for _ in range(repeat):
+        mem.start()
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        peaks.append(mem.stop())
+        if sum(times) > budget_s:
+            break  # slow rows: fewer repetitions, never fewer than one
+    peak = None if peaks[0] is None else max(peaks)
+    return times, peak
+
+
+# --------------------------------------------------------------------------------------
+# the cases
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Impl:
+    name: str
+    kind: str
+    make: Callable[[], Callable[[], object]]  # builds the closure (untimed)
+
+
+def _module(channels, k, s, padding, mode, dtype, device, train):
+    from .nn import Converse2d
+
+    m = Converse2d(channels, k, scale=s, padding=padding, padding_mode=mode).to(device, dtype)
+    with torch.no_grad():  # a trained-looking lam, not the initial 1.3e-4 (timing is the same)
+        m.bias.uniform_(-2.0, 2.0)
+    return m.train(train)
+
+
+def _op_case(name, shape, k, s, padding, mode, dtype, device, train) -> List[_Impl]:
+    from .functional import converse2d
+
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype).to(device)
+    hp, wp = h + 2 * padding, w + 2 * padding
+    impls: List[_Impl] = []
+
+    if not train:
+        def base():
+            m = _module(c, k, s, padding, mode, dtype, device, False)
+
+            def f():
+                with torch.no_grad():
+                    return baseline_converse2d(x, m.weight, m.lam, s, padding, mode)
+            return f
+
+        def ours_module():
+            m = _module(c, k, s, padding, mode, dtype, device, False)
+
+            def f():
+                with torch.no_grad():
+                    return m(x)
+            return f
+
+        def ours_functional():
+            m = _module(c, k, s, padding, mode, dtype, device, False)
+
+            def f():
+                with torch.no_grad():
+                    return converse2d(x, m.weight, m.lam, s, padding, mode)
+            return f
+
+        def floor():
+            z = torch.randn(n, c, s * hp, s * wp, generator=g, dtype=dtype).to(device)
+
+            def f():
+                with torch.no_grad():
+                    return torch.fft.irfft2(torch.fft.rfft2(z), s=z.shape[-2:])
+            return f
+
+        def conv():
+            if s == 1:
+                wt = torch.randn(c, 1, k, k, dtype=dtype, device=device)
+                return lambda: F.conv2d(x, wt, padding=k // 2, groups=c)
+            wt = torch.randn(c, 1, k, k, dtype=dtype, device=device)
+            return lambda: F.conv_transpose2d(x, wt, stride=s, groups=c)
+
+        impls += [
+            _Impl("baseline (Algorithm 1)", "baseline", base),
+            _Impl("Converse2d eval, cached filter", "ours", ours_module),
+            _Impl("converse2d functional", "ours", ours_functional),
+            _Impl(f"floor: rfft2+irfft2 {s * hp}x{s * wp}", "floor", floor),
+            _Impl("depthwise conv2d" if s == 1 else "depthwise conv_transpose2d", "conv", conv),
+        ]
+        return impls
+
+    gout = torch.randn(n, c, h * s, w * s, generator=g, dtype=dtype).to(device)
+
+    def fwd_bwd(forward, params):
+        xg = x.clone().requires_grad_(True)
+
+        def f():
+            xg.grad = None
+            for p in params:
+                p.grad = None
+            forward(xg).backward(gout)
+        return f
+
+    def base():
+        m = _module(c, k, s, padding, mode, dtype, device, True)
+        return fwd_bwd(lambda t: baseline_converse2d(t, m.weight, m.lam, s, padding, mode), list(m.parameters()))
+
+    def ours_module():
+        m = _module(c, k, s, padding, mode, dtype, device, True)
+        return fwd_bwd(m, list(m.parameters()))
+
+    def floor():
+        z = torch.randn(n, c, s * hp, s * wp, generator=g, dtype=dtype).to(device)
+        zg = torch.randn_like(z)
+
+        def f():
+            with torch.no_grad():
+                a = torch.fft.irfft2(torch.fft.rfft2(z), s=z.shape[-2:])
+                b = torch.fft.irfft2(torch.fft.rfft2(zg), s=z.shape[-2:])
+            return a, b
+        return f
+
+    def conv():
+        wt = torch.randn(c, 1, k, k, dtype=dtype, device=device, requires_grad=True)
+        if s == 1:
+            return fwd_bwd(lambda t: F.conv2d(t, wt, padding=k // 2, groups=c), [wt])
+        return fwd_bwd(lambda t: F.conv_transpose2d(t, wt, stride=s, groups=c), [wt])
+
+    return [
+        _Impl("baseline (Algorithm 1) fwd+bwd", "baseline", base),
+        _Impl("Converse2d train fwd+bwd", "ours", ours_module),
+        _Impl(f"floor: 2x rfft2+irfft2 {s * hp}x{s * wp}", "floor", floor),
+        _Impl(("depthwise conv2d" if s == 1 else "depthwise conv_transpose2d") + " fwd+bwd", "conv", conv),
+    ]
+
+
+def _create_model(name: str, dtype, device):
+    from . import models  # written by the models issue; rows are skipped without it
+
+    m = models.create(name)
+    return m.to(device, dtype)
+
+
+def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=g, dtype=dtype).to(device)
+
+    def make(baseline):
+        def build():
+            m = _create_model(name, dtype, device).eval()
+
+            def f():
+                ctx = baseline_operator() if baseline else contextlib.nullcontext()
+                with ctx, torch.no_grad():
+                    return m(x)
+            return f
+        return build
+
+    return [
+        _Impl(f"{name}, baseline operator", "baseline", make(True)),
+        _Impl(f"{name}, converse2d", "ours", make(False)),
+    ]
+
+
+def _model_train_case(name, shape, dtype, device) -> List[_Impl]:
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(shape, generator=g, dtype=dtype).to(device)
+    noisy = clean + 0.1 * torch.randn(shape, generator=g, dtype=dtype).to(device)
+
+    def make(baseline):
+        def build():
+            m = _create_model(name, dtype, device).train()
+            opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+
+            def f():
+                ctx = baseline_operator() if baseline else contextlib.nullcontext()
+                with ctx:
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.l1_loss(m(noisy), clean)
+                    loss.backward()
+                    opt.step()
+            return f
+        return build
+
+    return [
+        _Impl(f"{name} train step, baseline operator", "baseline", make(True)),
+        _Impl(f"{name} train step, converse2d", "ours", make(False)),
+    ]
+
+
+# row name -> (description, builder(dtype, device) -> impls)
+ROWS: Dict[str, tuple] = {
+    "fwd": (
+        "forward, eval, 1x128x256x256, k=7, circular pad 6, s=1",
+        lambda d, dev: _op_case("fwd", (1, 128, 256, 256), 7, 1, 6, "circular", d, dev, False),
+    ),
+    "fwdbwd": (
+        "forward+backward, train, 16x128x64x64, k=7, circular pad 6, s=1",
+        lambda d, dev: _op_case("fwdbwd", (16, 128, 64, 64), 7, 1, 6, "circular", d, dev, True),
+    ),
+    "up": (
+        "upsampling forward, eval, 1x64x128x128, k=2, replicate pad 2, s=2",
+        lambda d, dev: _op_case("up", (1, 64, 128, 128), 2, 2, 2, "replicate", d, dev, False),
+    ),
+    "dncnn256": (
+        "converse_dncnn_official, 1x1x256x256, eval",
+        lambda d, dev: _model_eval_case("converse_dncnn_official", (1, 1, 256, 256), d, dev),
+    ),
+    "dncnn512": (
+        "converse_dncnn_official, 1x1x512x512, eval",
+        lambda d, dev: _model_eval_case("converse_dncnn_official", (1, 1, 512, 512), d, dev),
+    ),
+    "srresnet": (
+        "converse_srresnet_official, 1x3x128x128 -> x4, eval",
+        lambda d, dev: _model_eval_case("converse_srresnet_official", (1, 3, 128, 128), d, dev),
+    ),
+    "dncnn_train": (
+        "ConverseDnCNN, one training step (L1, Adam), 16x1x64x64",
+        lambda d, dev: _model_train_case("converse_dncnn", (16, 1, 64, 64), d, dev),
+    ),
+}
+DEFAULT_ROWS = tuple(ROWS)
+
+
+def run_bench(
+    rows: Sequence[str] = DEFAULT_ROWS,
+    threads: int = 2,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    repeat: int = 5,
+    warmup: int = 1,
+    budget_s: float = 30.0,
+    log: Optional[Callable[[str], None]] = None,
+) -> List[Result]:
+    """Runs the selected rows and returns one :class:`Result` per implementation.
+
+    Rows whose builder fails with ImportError/AttributeError (e.g. no models package yet)
+    are skipped with a message. ``budget_s`` caps the timed repetitions of one
+    implementation (at least one is always run).
+    """
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    mem = _PeakMemory(dev)
+    results: List[Result] = []
+    for row in rows:
+        desc, builder = ROWS[row]
+        try:
+            impls = builder(dtype, dev)
+            closures = [(impl, impl.make()) for impl in impls]
+        except (ImportError, AttributeError, KeyError) as e:
+            if log:
+                log(f"[skip] {row}: {type(e).__name__}: {e}")
+            continue
+        group: List[Result] = []
+        for impl, fn in closures:
+            times, peak = _measure(fn, dev, warmup, repeat, budget_s, mem)
+            r = Result(desc, impl.name, impl.kind, times, peak, statistics.median(times))
+            group.append(r)
+            if log:
+                mb = "-" if peak is None else f"{peak / 2**20:.0f} MiB"
+                log(f"  {row}: {impl.name}: {r.median_s * 1e3:.1f} ms (n={len(times)}), peak {mb}")
+        del closures
+        base = next((r for r in group if r.kind == "baseline"), None)
+        floor = next((r for r in group if r.kind == "floor"), None)
+        for r in group:
+            if base is not None:
+                r.speedup = base.median_s / r.median_s
+                if r.peak_bytes is not None and base.peak_bytes:
+                    r.mem_ratio = r.peak_bytes / base.peak_bytes
+            if floor is not None and r.kind == "ours":
+                r.vs_floor = r.median_s / floor.median_s
+        results += group
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------
+def machine_info(threads: int, device: str) -> Dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if m:
+            cpu = m.group(1).strip()
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cpus": str(os.cpu_count()),
+        "threads": str(threads),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "",
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _fmt(v, spec, suffix=""):
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _cells(r: Result) -> List[str]:
+    return [
+        r.impl,
+        f"{r.median_s * 1e3:.1f}",
+        str(len(r.times_s)),
+        _fmt(r.speedup, ".2f", "x"),
+        "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}",
+        _fmt(r.mem_ratio, ".2f"),
+        _fmt(r.vs_floor, ".2f"),
+    ]
+
+
+_HEAD = ["implementation", "median ms", "n", "x base", "peak MiB", "mem/base", "/floor"]
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """Plain-text table, one block per case."""
+    lines = []
+    width = max([len(r.impl) for r in results] + [len(_HEAD[0])])
+    fmt = f"{{:<{width}}}  {{:>10}} {{:>3}} {{:>8}} {{:>9}} {{:>8}} {{:>7}}"
+    case = None
+    for r in results:
+        if r.case != case:
+            case = r.case
+            lines += ["", case, fmt.format(*_HEAD)]
+        lines.append(fmt.format(*_cells(r)))
+    return "\n".join(lines[1:])
+
+
+def format_markdown(results: Sequence[Result], info: Dict[str, str], method: Optional[str]) -> str:
+    """Markdown report: machine, method, one table per case."""
+    out = ["## Machine", ""]
+    out += [f"- {k}: {v}" for k, v in info.items()]
+    out += [f"- peak memory: {method or 'not available'}", ""]
+    case = None
+    for r in results:
+        if r.case != case:
+            case = r.case
+            out += ["", f"### {case}", "", "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+        out.append("| " + " | ".join(_cells(r)) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--rows", "--shapes", dest="rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated rows to run, from {','.join(ROWS)} (default all)")
+    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions per implementation")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    p.add_argument("--budget", type=float, default=30.0,
+                   help="seconds after which an implementation stops repeating (>= 1 run)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the results as a Markdown report")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+class BenchError(ValueError):
+    """Bad command-line values."""
+
+
+def run_from_args(args) -> int:
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in rows if r not in ROWS]
+    if bad or not rows:
+        raise BenchError(f"--rows: unknown row(s) {bad or rows}; choose from {','.join(ROWS)}")
+    if args.threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeat < 1 or args.warmup < 0:
+        raise BenchError("--repeat must be >= 1 and --warmup >= 0")
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as e:
+        raise BenchError(f"--device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device must be cpu or cuda, got {args.device}")
+    log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    results = run_bench(rows, args.threads, _DTYPES[args.dtype], args.device, args.repeat,
+                        args.warmup, args.budget, log)
+    info = machine_info(args.threads, args.device)
+    info["dtype"] = args.dtype
+    method = _PeakMemory(dev).method
+    print(format_table(results))
+    if args.json:
+        payload = {"machine": info, "memory_method": method, "results": [asdict(r) for r in results]}
+        _write_atomic(args.json, json.dumps(payload, indent=2) + "\n")
+    if args.markdown:
+        _write_atomic(args.markdown, format_markdown(results, info, method))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conversenet.bench", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
