@@ -164,11 +164,16 @@ def find_official(
     return _download(filename, hub_cache_dir(), progress)
 
 
+def _package_weights():
+    """The package's ``weights`` folder (a Traversable; may not exist)."""
+    return importlib.resources.files("conversenet").joinpath("weights")
+
+
 def builtin_path(name: str) -> Path:
     """``conversenet/weights/<name>.pth`` shipped with the package (raises if absent)."""
-    res = importlib.resources.files("conversenet").joinpath("weights", f"{name}.pth")
+    folder = _package_weights()
+    res = folder.joinpath(f"{name}.pth")
     if not res.is_file():
-        folder = importlib.resources.files("conversenet").joinpath("weights")
         have = sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".pth")) if folder.is_dir() else []
         raise WeightsError(
             f"no built-in weights for {name!r} (looked for conversenet/weights/{name}.pth); "
@@ -198,9 +203,15 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 
 
 def _short(keys) -> str:
+    """First keys plus a count per top-level module, so that long lists stay readable."""
     keys = sorted(keys)
-    more = f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else ""
-    return ", ".join(keys[:8]) + more
+    groups: Dict[str, int] = {}
+    for k in keys:
+        top = k.split(".", 1)[0]
+        groups[top] = groups.get(top, 0) + 1
+    more = f", ... (+{len(keys) - 6} more)" if len(keys) > 6 else ""
+    by = ", ".join(f"{g}.* x{n}" for g, n in groups.items())
+    return ", ".join(keys[:6]) + more + f" [by module: {by}]"
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], model_name: str, source: str) -> nn.Module:
