@@ -15,6 +15,7 @@ from typing import List, Optional
 # command name -> module under conversenet.cli
 COMMANDS = {
     "info": "info",
+    "train": "train",
 }
 
 
