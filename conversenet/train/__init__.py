@@ -1,0 +1,17 @@
+"""Training: YAML configs, on-the-fly degraded patches, an exactly resumable loop, DDP.
+
+``conversenet train CONFIG.yaml [key=value ...] [--resume] [--out DIR]`` drives it from the
+command line (also under ``torchrun``); in Python:
+
+    >>> from conversenet.train import config_from_dict
+    >>> config_from_dict({"model": {"name": "converse_dncnn"}, "preset": "cpu",
+    ...                   "presets": {"cpu": {"data": {"batch_size": 4}}}}).data.batch_size
+    4
+"""
+
+from .config import (Config, ConfigError, config_from_dict, config_to_dict, load_config,
+                     parse_overrides)
+from .trainer import EMA, Trainer, build_model, train
+
+__all__ = ["Config", "ConfigError", "config_from_dict", "config_to_dict", "load_config",
+           "parse_overrides", "Trainer", "train", "build_model", "EMA"]

@@ -1,0 +1,103 @@
+"""Atomic checkpoint files and RNG-state capture.
+
+A checkpoint is written to a temporary file in the same folder (named
+``.<final-name>.<pid>.tmp``, never ending in ``.pth``), flushed and fsynced, then moved over
+the final name with :func:`os.replace`, so a reader only ever sees a complete file, even
+if the writer is killed half-way.
+
+Example:
+    >>> import tempfile, os, torch
+    >>> d = tempfile.mkdtemp()
+    >>> save_atomic({"w": torch.ones(2)}, os.path.join(d, "last.pth"))
+    >>> torch.load(os.path.join(d, "last.pth"))["w"].tolist(), sorted(os.listdir(d))
+    ([1.0, 1.0], ['last.pth'])
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import numpy as np
+import torch
+
+__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "write_text_atomic"]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(text: str, path: Union[str, Path]) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a training checkpoint on the CPU; a clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # corrupt or foreign file
+        raise ValueError(f"checkpoint {path} could not be read: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "conversenet-train":
+        raise ValueError(f"{path} is not a conversenet training checkpoint")
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    """The global RNG states (python, numpy, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # a different number of devices: keep the current ones
+            pass

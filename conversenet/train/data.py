@@ -1,0 +1,243 @@
+"""Training and validation data: image folders, random patches, the 8 flip/rotation modes
+and the degradation of the task, synthesised on the fly.
+
+Reproducibility design: every training sample has a global index ``i = (iteration - 1) *
+global_batch + j``. Everything random about it (which image, where the patch is, the
+augmentation mode, the noise, the blur kernel) comes from a generator seeded with
+``(seed, i)`` only. Hence the stream of batches does not depend on the number of
+DataLoader workers or ranks, and resuming at iteration ``t`` reproduces the exact
+batches an uninterrupted run would have seen: no loader state needs saving.
+
+Shapes: a sample is a dict with ``lq`` (C, h, w) degraded input, ``gt`` (C, H, W) target
+(``H = h * scale`` for SR), and for deblurring ``kernel`` (1, k, k) summing to 1.
+
+Example:
+    >>> import torch
+    >>> from conversenet.train.data import augment, sample_generator
+    >>> x = torch.arange(6.).reshape(1, 2, 3)
+    >>> [tuple(augment(x, m).shape) for m in (0, 1)]
+    [(1, 2, 3), (1, 3, 2)]
+    >>> a = torch.rand(2, generator=sample_generator(0, 5))
+    >>> torch.equal(a, torch.rand(2, generator=sample_generator(0, 5)))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .. import paths
+from . import _ops
+
+__all__ = [
+    "IMAGE_EXTS", "resolve_folder", "list_images", "sample_generator", "augment",
+    "TrainPatches", "ValImages", "IterationBatchSampler",
+]
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def resolve_folder(name: str, what: str) -> Path:
+    """A folder given in a config: absolute, else under the data root, else relative to cwd."""
+    p = Path(name).expanduser()
+    cands = [p] if p.is_absolute() else []
+    if not p.is_absolute():
+        root = paths.data_root()
+        if root is not None:
+            cands.append(root / p)
+        cands.append(Path.cwd() / p)
+    for c in cands:
+        if c.is_dir():
+            return c
+    tried = ", ".join(str(c) for c in cands)
+    raise FileNotFoundError(
+        f"{what}: folder {name!r} not found (tried {tried}); set CONVERSENET_DATA or give a path")
+
+
+def list_images(folder: Path, what: str) -> List[Path]:
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+    if not files:
+        raise FileNotFoundError(f"{what}: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+    return files
+
+
+def sample_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """A torch generator determined by (seed, index, stream) only, well mixed via SeedSequence."""
+    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), int(stream)])
+    return torch.Generator().manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1))
+
+
+def augment(x: torch.Tensor, mode: int) -> torch.Tensor:
+    """One of the 8 dihedral modes on (..., H, W): rotate by 90°·(mode % 4), then flip if mode >= 4."""
+    if not 0 <= mode < 8:
+        raise ValueError(f"mode must be in 0..7, got {mode}")
+    y = torch.rot90(x, mode % 4, dims=(-2, -1))
+    return torch.flip(y, dims=(-1,)) if mode >= 4 else y
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+class _Degrader:
+    """The task's degradation, shared by training and validation (all inputs (C, H, W) in [0, 1])."""
+
+    def __init__(self, task: str, deg, channels: int) -> None:
+        if task not in ("denoise", "sr", "deblur"):
+            raise ValueError(f"task must be denoise, sr or deblur, got {task!r}")
+        self.task, self.deg, self.channels = task, deg, channels
+
+    def __call__(self, gt: torch.Tensor, g: torch.Generator, train: bool,
+                 kernel: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        d = self.deg
+        if self.task == "denoise":
+            sigma = d.sigma
+            if train and d.sigma_range is not None:
+                sigma = _uniform(g, *d.sigma_range)
+            lq = _ops.add_noise(gt, sigma, g)
+            return {"lq": lq, "gt": gt, "sigma": torch.tensor(sigma, dtype=torch.float32)}
+        if self.task == "sr":
+            return {"lq": _ops.bicubic_down(gt, d.scale), "gt": gt}
+        if kernel is None:
+            kind = d.kernel_types[int(torch.randint(len(d.kernel_types), (), generator=g))]
+            kernel = _ops.random_kernel(kind, d.kernel_size, g)
+        lq = _ops.add_noise(_ops.circular_blur(gt, kernel), d.noise, g)
+        return {"lq": lq, "gt": gt, "kernel": kernel.reshape(1, *kernel.shape[-2:]).float()}
+
+
+class TrainPatches(Dataset):
+    """Random HR patches from an image folder with on-the-fly degradation.
+
+    ``ds[i]`` is the sample of global index ``i`` (see the module docstring); the dataset
+    has no natural length, ``len(ds)`` is the number of images.
+
+    Args:
+        folder: image folder.
+        task: denoise | sr | deblur.
+        deg: a :class:`~conversenet.train.config.DegradationConfig`.
+        channels: 1 (gray) or 3 (RGB) as the model expects.
+        patch_size: HR patch size (a multiple of ``deg.scale`` for SR).
+        seed: global seed.
+        augment: apply one of the 8 modes.
+        cache: keep decoded images in memory.
+    """
+
+    def __init__(self, folder: Path, task: str, deg, channels: int, patch_size: int, seed: int,
+                 augment: bool = True, cache: bool = True) -> None:
+        self.files = list_images(Path(folder), "data.train")
+        if task == "sr" and patch_size % deg.scale:
+            raise ValueError(f"data.patch_size ({patch_size}) must be a multiple of degradation.scale ({deg.scale})")
+        self.degrade = _Degrader(task, deg, channels)
+        self.channels, self.patch, self.seed = channels, patch_size, seed
+        self.augment, self.cache = augment, cache
+        self._images: Dict[int, torch.Tensor] = {}
+        self._perm: Tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, k: int) -> torch.Tensor:
+        img = self._images.get(k)
+        if img is None:
+            img = _ops.read_image(self.files[k], self.channels)
+            if min(img.shape[-2:]) < self.patch:
+                raise ValueError(f"data.train: image {self.files[k]} ({img.shape[-1]}x{img.shape[-2]}) "
+                                 f"is smaller than data.patch_size {self.patch}")
+            if self.cache:
+                self._images[k] = img
+        return img
+
+    def image_index(self, i: int) -> int:
+        """Images are visited in a fresh permutation every pass (epoch) over the folder."""
+        n = len(self.files)
+        epoch = i // n
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch, 1]).permutation(n))
+        return int(self._perm[1][i % n])  # type: ignore[index]
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        g = sample_generator(self.seed, i)
+        img = self._image(self.image_index(i))
+        H, W = img.shape[-2:]
+        top = int(torch.randint(H - self.patch + 1, (), generator=g))
+        left = int(torch.randint(W - self.patch + 1, (), generator=g))
+        gt = img[:, top:top + self.patch, left:left + self.patch]
+        if self.augment:
+            gt = augment(gt, int(torch.randint(8, (), generator=g)))
+        return self.degrade(gt.contiguous(), g, train=True)
+
+
+class ValImages(Dataset):
+    """Whole (or centre-cropped) validation images, degraded deterministically per image."""
+
+    def __init__(self, folder: Path, task: str, deg, channels: int, max_images: int = 0,
+                 crop: int = 0, seed: int = 0, kernel: Optional[torch.Tensor] = None) -> None:
+        files = list_images(Path(folder), "data.val")
+        self.files = files[:max_images] if max_images else files
+        self.degrade = _Degrader(task, deg, channels)
+        self.task, self.deg, self.channels, self.crop, self.seed = task, deg, channels, crop, seed
+        self.kernel = kernel
+        self._cache: Dict[int, Dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, k: int) -> Dict[str, torch.Tensor]:
+        if k not in self._cache:
+            img = _ops.read_image(self.files[k], self.channels)
+            if self.crop:
+                H, W = img.shape[-2:]
+                c = min(self.crop, H, W)
+                t, l = (H - c) // 2, (W - c) // 2
+                img = img[:, t:t + c, l:l + c]
+            if self.task == "sr":
+                s = self.deg.scale
+                img = img[:, : img.shape[-2] // s * s, : img.shape[-1] // s * s]
+            elif self.task == "deblur":
+                img = img[:, : img.shape[-2] // 8 * 8, : img.shape[-1] // 8 * 8]
+            g = sample_generator(self.seed, k, stream=2)
+            self._cache[k] = self.degrade(img.contiguous(), g, train=False, kernel=self.kernel)
+        return self._cache[k]
+
+
+class IterationBatchSampler(Sampler[List[int]]):
+    """Index lists for iterations ``start+1 .. total`` of this rank's share of the global batch.
+
+    Iteration ``t`` (1-based) uses global indices ``(t-1)*B .. t*B-1``; rank ``r`` of ``R``
+    takes the contiguous slice ``r*B/R .. (r+1)*B/R``, so the ranks together see exactly
+    the batch a single process would.
+
+    >>> list(IterationBatchSampler(1, 3, 4, rank=1, world_size=2))
+    [[6, 7], [10, 11]]
+    """
+
+    def __init__(self, start_iter: int, total_iter: int, global_batch: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"data.batch_size ({global_batch}) must be divisible by the number "
+                             f"of processes ({world_size})")
+        self.start, self.total, self.B, self.rank, self.world = start_iter, total_iter, global_batch, rank, world_size
+        self.local = global_batch // world_size
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for t in range(self.start + 1, self.total + 1):
+            base = (t - 1) * self.B + self.rank * self.local
+            yield list(range(base, base + self.local))
+
+
+def collate(samples: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def worker_init(_: int) -> None:
+    # the decoding/resizing work is small per sample: one thread per worker avoids oversubscription
+    torch.set_num_threads(1)

@@ -1,0 +1,549 @@
+"""The training loop: exact resume, atomic checkpoints, validation, logging and DDP.
+
+Run it with :func:`train` (what ``conversenet train`` calls) or build a :class:`Trainer`.
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it uses
+DistributedDataParallel (gloo on CPU, nccl on GPU); each rank gets ``batch_size /
+world_size`` samples of the same global batch a single process would use, and only rank
+0 logs, validates and writes files.
+
+Outputs in the run folder: ``config.yaml`` (the resolved config), ``last.pth`` and
+``best.pth`` (full training state), ``metrics.csv``, ``curves.png``, optionally ``tb/``.
+
+Example (a tiny model from any module; ``module:factory`` names are accepted besides the
+registry's names):
+    >>> import tempfile, pathlib, numpy as np
+    >>> from PIL import Image
+    >>> from conversenet.train import config_from_dict, Trainer
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> (d / "imgs").mkdir()
+    >>> for i in range(2):
+    ...     Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24), np.uint8)).save(d / "imgs" / f"{i}.png")
+    >>> cfg = config_from_dict({"name": "t", "model": {"name": "conversenet.train.trainer:_tiny_denoiser"},
+    ...     "data": {"train": str(d / "imgs"), "val": str(d / "imgs"), "patch_size": 16, "batch_size": 2,
+    ...              "num_workers": 0},
+    ...     "train": {"total_iter": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1},
+    ...     "log": {"progress": False, "plot": False}})
+    >>> Trainer(cfg, out_dir=d / "run", verbose=False).run()
+    0
+    >>> sorted(p.name for p in (d / "run").iterdir())
+    ['best.pth', 'config.yaml', 'last.pth', 'metrics.csv']
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+
+from . import _ops
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state, write_text_atomic
+from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
+                   worker_init)
+
+__all__ = ["Trainer", "train", "build_model", "EMA", "TrainingInterrupted"]
+
+CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
+
+
+class TrainingInterrupted(Exception):
+    """Raised by nothing; the loop returns 130 on SIGINT/SIGTERM after saving a checkpoint."""
+
+
+def _tiny_denoiser() -> nn.Module:
+    """A 2-layer gray denoiser used by doctests (task/in_channels/scale like the real models)."""
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    m.task, m.in_channels, m.scale, m.needs_kernel = "denoise", 1, 1, False  # type: ignore[attr-defined]
+    return m
+
+
+# --------------------------------------------------------------------------- model
+
+def build_model(cfg: Config) -> nn.Module:
+    """Instantiate ``cfg.model`` (registry name or ``module:factory``); errors name the key."""
+    name, args = cfg.model.name, dict(cfg.model.args)
+    if ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"model.name: cannot import {name!r}: {e}") from None
+    else:
+        try:
+            from .. import models
+        except ImportError as e:  # pragma: no cover - the models package is part of the library
+            raise ConfigError(f"model.name: conversenet.models is unavailable: {e}") from None
+        available = list(models.list_models())
+        if name not in available:
+            raise ConfigError(f"model.name: unknown model {name!r} (available: {', '.join(sorted(available))})")
+
+        def factory(**kw: Any) -> nn.Module:
+            return models.create(name, **kw)
+    try:
+        model = factory(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.args: {name} rejected {args}: {e}") from None
+    task = getattr(model, "task", None)
+    if task not in ("denoise", "sr", "deblur"):
+        raise ConfigError(f"model.name: {name} has no valid 'task' attribute (got {task!r})")
+    return model
+
+
+def model_info(model: nn.Module) -> Dict[str, Any]:
+    return {
+        "task": model.task,
+        "in_channels": int(getattr(model, "in_channels", 3)),
+        "scale": int(getattr(model, "scale", 1) or 1),
+        "needs_kernel": bool(getattr(model, "needs_kernel", False)),
+    }
+
+
+# --------------------------------------------------------------------------- EMA
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(sd)
+
+
+def _loss_fn(name: str):
+    if name == "l1":
+        return F.l1_loss
+    if name == "l2":
+        return F.mse_loss
+    return lambda a, b: torch.sqrt((a - b) ** 2 + 1e-6).mean()
+
+
+# --------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """One training run.
+
+    Args:
+        cfg: a validated :class:`~conversenet.train.config.Config`.
+        out_dir: run folder (default ``cfg.out_dir`` or ``runs/<name>``).
+        resume: False (fresh run), True (resume ``out_dir/last.pth``) or a checkpoint path.
+        overwrite: allow a fresh run in a folder that already holds a checkpoint.
+        verbose: print notices (rank 0 only in any case).
+    """
+
+    def __init__(self, cfg: Config, out_dir: Union[str, Path, None] = None,
+                 resume: Union[bool, str, Path] = False, overwrite: bool = False, verbose: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir or cfg.out_dir or Path("runs") / cfg.name)
+        self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
+        self._stop_signal: Optional[int] = None
+        self.rank, self.world, self.local_rank = 0, 1, 0
+        env_world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.distributed = env_world > 1
+        if self.distributed:
+            self.rank, self.world = int(os.environ["RANK"]), env_world
+            self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cfg.data.batch_size % self.world:
+            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is not divisible by the "
+                              f"{self.world} processes")
+        self._check_out_dir()
+
+    # ---------------------------------------------------------------- helpers
+    def _say(self, msg: str) -> None:
+        if self.rank == 0 and self.verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _check_out_dir(self) -> None:
+        last = self.out / "last.pth"
+        if self.resume:
+            path = last if self.resume is True else Path(self.resume)
+            if not path.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+            self.resume_path: Optional[Path] = path
+        else:
+            self.resume_path = None
+            if last.exists() and not self.overwrite:
+                raise FileExistsError(f"{self.out} already holds a checkpoint: use --resume to continue it, "
+                                      f"--overwrite to start again, or --out DIR")
+
+    def _device(self) -> torch.device:
+        d = self.cfg.device
+        if d == "auto":
+            d = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        elif d == "cuda" and self.distributed:
+            d = f"cuda:{self.local_rank}"
+        dev = torch.device(d)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device: {d} requested but CUDA is not available")
+        return dev
+
+    def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self._stop_signal is not None:  # second signal: stop right away
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        self._say(f"\n{signal.Signals(signum).name}: saving a checkpoint after this iteration "
+                  "(send again to abort without saving)")
+
+    def _all_reduce(self, t: torch.Tensor, op=None) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = self._device()
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=backend)
+        torch.manual_seed(cfg.seed)
+        import random
+
+        import numpy as np
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+
+        self.model = build_model(cfg).to(self.device)
+        self.info = model_info(self.model)
+        task = self.info["task"]
+        if task == "sr" and self.info["scale"] != cfg.degradation.scale:
+            raise ConfigError(f"degradation.scale: {cfg.degradation.scale} but the model upscales by "
+                              f"{self.info['scale']}")
+        self.net: nn.Module = self.model
+        if self.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        t = cfg.train
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
+                                    weight_decay=t.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(t.milestones), gamma=t.gamma)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.loss_fn = _loss_fn(t.loss)
+
+        ch = self.info["in_channels"]
+        self.train_set = TrainPatches(resolve_folder(cfg.data.train, "data.train"), task, cfg.degradation, ch,
+                                      cfg.data.patch_size, cfg.seed, cfg.data.augment, cfg.data.cache)
+        self.val_set = None
+        if cfg.data.val:
+            kernel = None
+            if task == "deblur" and cfg.degradation.val_kernel:
+                kernel = _ops.load_kernel(_resolve_file(cfg.degradation.val_kernel, "degradation.val_kernel"))
+            self.val_set = ValImages(resolve_folder(cfg.data.val, "data.val"), task, cfg.degradation, ch,
+                                     cfg.data.val_images, cfg.data.val_crop, seed=0, kernel=kernel)
+
+        self.iteration, self.best_psnr, self.best_iter = 0, -math.inf, 0
+        if self.resume_path is not None:
+            self._load(self.resume_path)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), self.out / "config.yaml")
+            self._init_csv()
+        self._barrier()
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                raise ValueError(f"{path}: has no EMA state but train.ema_decay > 0")
+            self.ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        self.iteration = int(ckpt["iteration"])
+        self.best_psnr, self.best_iter = float(ckpt.get("best_psnr", -math.inf)), int(ckpt.get("best_iter", 0))
+        old = ckpt.get("config", {})
+        new = config_to_dict(self.cfg)
+        diff = _diff_keys(old, new)
+        if diff:
+            self._say(f"notice: config differs from the checkpoint's in: {', '.join(diff)}")
+        self._say(f"resumed from {path} at iteration {self.iteration}")
+
+    def _checkpoint(self) -> Dict[str, Any]:
+        return {
+            "format": "conversenet-train", "version": 1,
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+            "best_psnr": self.best_psnr, "best_iter": self.best_iter,
+            "config": config_to_dict(self.cfg),
+            "model_name": self.cfg.model.name, "model_args": dict(self.cfg.model.args),
+            "world_size": self.world,
+        }
+
+    def _save(self, best: bool = False) -> None:
+        if self.rank != 0:
+            return
+        ck = self._checkpoint()
+        save_atomic(ck, self.out / "last.pth")
+        if best:
+            save_atomic(ck, self.out / "best.pth")
+
+    # ---------------------------------------------------------------- logging
+    def _init_csv(self) -> None:
+        path = self.out / "metrics.csv"
+        rows: List[Dict[str, str]] = []
+        if self.resume_path is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("iter") and int(r["iter"]) <= self.iteration]
+        lines = [",".join(CSV_FIELDS)] + [",".join(r.get(k, "") or "" for k in CSV_FIELDS) for r in rows]
+        write_text_atomic("\n".join(lines) + "\n", path)
+
+    def _log_row(self, **row: Any) -> None:
+        if self.rank != 0:
+            return
+        with open(self.out / "metrics.csv", "a", newline="") as f:
+            csv.writer(f).writerow(["" if row.get(k) is None else _fmt(row[k]) for k in CSV_FIELDS])
+        if self.tb is not None:
+            for k in ("loss", "psnr", "lr", "it_per_s"):
+                if row.get(k) is not None:
+                    self.tb.add_scalar(f"train/{k}" if k != "psnr" else "val/psnr", row[k], row["iter"])
+
+    def _open_tb(self):
+        if self.rank != 0 or not self.cfg.log.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self._say("notice: log.tensorboard is on but the tensorboard package is missing; skipping it")
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def _plot(self) -> None:
+        if self.rank != 0 or not self.cfg.log.plot:
+            return
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self._say("notice: matplotlib is not installed (pip install 'conversenet[plot]'); no curves.png")
+            return
+        with open(self.out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        lo = [(int(r["iter"]), float(r["loss"])) for r in rows if r["loss"]]
+        ps = [(int(r["iter"]), float(r["psnr"])) for r in rows if r["psnr"]]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        if lo:
+            axes[0].plot(*zip(*lo))
+        axes[0].set(xlabel="iteration", ylabel=f"training loss ({self.cfg.train.loss})", title=self.cfg.name)
+        if ps:
+            axes[1].plot(*zip(*ps), marker="o")
+        axes[1].set(xlabel="iteration", ylabel="validation PSNR (dB)", title=str(self.cfg.data.val))
+        for a in axes:
+            a.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = self.out / f".curves.png.{os.getpid()}.tmp"
+        fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        os.replace(tmp, self.out / "curves.png")
+
+    # ---------------------------------------------------------------- steps
+    def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        lq = batch["lq"].to(self.device, non_blocking=True)
+        if self.info["needs_kernel"]:
+            return net(lq, batch["kernel"].to(self.device, non_blocking=True))
+        return net(lq)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Average PSNR (dB, 8-bit) on the validation images (rank 0)."""
+        assert self.val_set is not None
+        model = self.ema.model if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        border = self.info["scale"] if self.info["task"] == "sr" else 0
+        y = self.info["task"] == "sr" and self.info["in_channels"] == 3
+        vals = []
+        for k in range(len(self.val_set)):
+            s = self.val_set[k]
+            batch = {key: v.unsqueeze(0) for key, v in s.items()}
+            out = self._forward(model, batch)[0]
+            vals.append(_ops.psnr(out, s["gt"], crop_border=border, y_channel=y))
+        model.train(was_training)
+        return float(sum(vals) / len(vals))
+
+    def _dump_grads(self, step: int, loss: torch.Tensor) -> None:
+        grads = {n: p.grad.detach().cpu().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        save_atomic({"step": step, "loss": float(loss), "world_size": self.world, "grads": grads},
+                    self.out / f"grads_step{step}.pt")
+
+    def run(self) -> int:
+        """Train until ``train.total_iter``; 0 when finished, 130 when stopped by a signal."""
+        self._setup()
+        cfg, t = self.cfg, self.cfg.train
+        self.tb = self._open_tb()
+        sampler = IterationBatchSampler(self.iteration, t.total_iter, cfg.data.batch_size, self.rank, self.world)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                            collate_fn=collate, worker_init_fn=worker_init,
+                            pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not the main thread
+                pass
+        bar = None
+        if self.rank == 0 and cfg.log.progress and self.iteration < t.total_iter:
+            from tqdm import tqdm
+            bar = tqdm(total=t.total_iter, initial=self.iteration, desc=cfg.name, dynamic_ncols=True,
+                       mininterval=1.0, file=sys.stderr)
+        self._say(f"training {cfg.model.name} ({self.info['task']}) on {self.device}, {self.world} process(es), "
+                  f"global batch {cfg.data.batch_size}, iterations {self.iteration}->{t.total_iter}, out {self.out}")
+        self.net.train()
+        t0 = time.perf_counter()
+        win_t, win_n, win_loss = time.perf_counter(), 0, 0.0
+        last_psnr: Optional[float] = None
+        last_loss: Optional[float] = None
+        stopped = False
+        try:
+            for batch in loader:
+                it = self.iteration + 1
+                gt = batch["gt"].to(self.device, non_blocking=True)
+                out = self._forward(self.net, batch)
+                loss = self.loss_fn(out, gt)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.debug.dump_grads_at_step == it:
+                    gl = self._all_reduce(loss.detach().clone()) / self.world
+                    if self.rank == 0:
+                        self.out.mkdir(parents=True, exist_ok=True)
+                        self._dump_grads(it, gl)
+                if t.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.opt.step()
+                self.sched.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.iteration = it
+                win_loss += float(loss.detach())
+                win_n += 1
+                if bar is not None:
+                    bar.update(1)
+
+                if it % t.log_every == 0 or it == t.total_iter:
+                    mean = self._all_reduce(torch.tensor([win_loss / win_n], dtype=torch.float64)) / self.world
+                    ips = win_n / max(time.perf_counter() - win_t, 1e-9)
+                    self._log_row(iter=it, lr=self.opt.param_groups[0]["lr"], loss=float(mean), it_per_s=ips,
+                                  elapsed_s=time.perf_counter() - t0)
+                    last_loss = float(mean)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.4f}",
+                                        psnr="-" if last_psnr is None else f"{last_psnr:.2f}", refresh=False)
+                    win_t, win_n, win_loss = time.perf_counter(), 0, 0.0
+
+                is_best = False
+                if self.val_set is not None and (it % t.val_every == 0 or it == t.total_iter):
+                    if self.rank == 0:
+                        last_psnr = self.validate()
+                        is_best = last_psnr > self.best_psnr
+                        if is_best:
+                            self.best_psnr, self.best_iter = last_psnr, it
+                        self._log_row(iter=it, psnr=last_psnr, elapsed_s=time.perf_counter() - t0)
+                        if bar is not None:
+                            bar.set_postfix(loss="-" if last_loss is None else f"{last_loss:.4f}", psnr=f"{last_psnr:.2f}")
+                        elif self.verbose:
+                            self._say(f"iter {it}: val PSNR {last_psnr:.2f} dB (best {self.best_psnr:.2f} @ {self.best_iter})")
+                    self._barrier()
+
+                stop = torch.tensor([1.0 if self._stop_signal is not None else 0.0])
+                stop = self._all_reduce(stop, dist.ReduceOp.MAX if self.distributed else None)
+                if it % t.checkpoint_every == 0 or it == t.total_iter or is_best or stop.item() > 0:
+                    self._save(best=is_best)
+                    self._barrier()
+                if stop.item() > 0:
+                    stopped = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            if self.tb is not None:
+                self.tb.close()
+        if stopped:
+            self._say(f"stopped at iteration {self.iteration}; checkpoint {self.out / 'last.pth'} "
+                      f"(continue with --resume)")
+            return 130
+        if self.rank == 0:
+            self._plot()
+            if self.val_set is not None and self.best_iter:
+                self._say(f"done: best validation PSNR {self.best_psnr:.2f} dB at iteration {self.best_iter}; "
+                          f"outputs in {self.out}")
+            else:
+                self._say(f"done: outputs in {self.out}")
+        return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _resolve_file(name: str, what: str) -> Path:
+    from .. import paths
+
+    p = Path(name).expanduser()
+    cands = [p] if p.is_absolute() else [c for c in ((paths.data_root() or Path("/nonexistent")) / p, Path.cwd() / p)]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{what}: file {name!r} not found (tried {', '.join(map(str, cands))})")
+
+
+def train(cfg: Config, out_dir: Union[str, Path, None] = None, resume: Union[bool, str, Path] = False,
+          overwrite: bool = False, verbose: bool = True) -> int:
+    """Run a training job; tears down the process group it created. Returns 0 or 130."""
+    trainer = Trainer(cfg, out_dir=out_dir, resume=resume, overwrite=overwrite, verbose=verbose)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()
