@@ -339,3 +339,16 @@ def test_builtin_found(monkeypatch, tmp_path):
     x = torch.rand(1, 1, 9, 9)
     with torch.no_grad():
         assert torch.equal(src(x), got(x))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_accelerator_matches_cpu(name, device):
+    if device.type == "cpu":
+        pytest.skip("accelerator check; the CPU path is covered above")
+    model, _ = small(name)
+    model = model.double().eval()
+    x, k = inputs(model, torch.float64)
+    with torch.no_grad():
+        ref = run(model, x, k)
+        got = run(model.to(device), x.to(device), None if k is None else k.to(device))
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-9, atol=1e-9)

@@ -230,3 +230,18 @@ def test_converse_usrnet_bsd100_101085_kernel1_matches_authors(official_dir, dat
         out = net(x, torch.from_numpy(kernel).float()[None, None])
     est = np.uint8((out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round())
     assert abs(_psnr(est, img, border=1) - 28.59) <= 0.01
+
+
+def test_converse_srresnet_set5_head_matches_authors(official_dir, data_root):
+    from conversenet.data.imresize import imresize
+
+    img = _read(data_root / "testsets" / "set5" / "head.png", "RGB")
+    h, w_ = img.shape[:2]
+    img = img[: h - h % 4, : w_ - w_ % 4]
+    low = imresize(img.astype(np.float32) / 255.0, 1 / 4)  # MATLAB bicubic, antialiased
+    net = create("converse_srresnet_official", pretrained="official", weights_path=official_dir)
+    with torch.no_grad():
+        out = net(torch.from_numpy(np.ascontiguousarray(low)).permute(2, 0, 1)[None].float())
+    est = np.uint8((out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round())
+    assert est.shape == img.shape
+    assert abs(_psnr(est, img, border=4) - 29.95) <= 0.01  # RGB PSNR of the authors' code
