@@ -501,8 +501,9 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
         if stopped:
-            self._say(f"stopped at iteration {self.iteration}; checkpoint {self.out / 'last.pth'} "
-                      f"(continue with --resume)")
+            if self.rank == 0:  # always said, even when quiet: the user must know how to continue
+                print(f"stopped at iteration {self.iteration}; checkpoint {self.out / 'last.pth'} "
+                      f"(continue with --resume)", file=sys.stderr, flush=True)
             return 130
         if self.rank == 0:
             self._plot()

@@ -1,0 +1,134 @@
+"""Training data: dihedral augmentation, patch sampling, degradations, and the
+index-based determinism that makes resume and multi-rank training exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conversenet.train.config import DegradationConfig
+from conversenet.train.data import (IterationBatchSampler, TrainPatches, ValImages, augment,
+                                    collate, resolve_folder)
+
+from _train_helpers import make_images
+
+
+def _np_mode(a: np.ndarray, mode: int) -> np.ndarray:
+    # independent reference: numpy's rot90 (counter-clockwise) then left-right flip
+    b = np.rot90(a, mode % 4)
+    return np.fliplr(b) if mode >= 4 else b
+
+
+def test_augment_is_the_8_dihedral_modes():
+    a = np.arange(12.0).reshape(3, 4)
+    outs = []
+    for m in range(8):
+        got = augment(torch.from_numpy(a)[None], m)[0].numpy()
+        np.testing.assert_array_equal(got, _np_mode(a, m))
+        outs.append(got.tobytes() + bytes(got.shape))
+    assert len(set(outs)) == 8
+    with pytest.raises(ValueError, match="mode"):
+        augment(torch.zeros(1, 2, 2), 8)
+
+
+def _find_patch(img: np.ndarray, patch: np.ndarray) -> bool:
+    p = patch.shape[-1]
+    for t in range(img.shape[0] - p + 1):
+        for l in range(img.shape[1] - p + 1):
+            crop = img[t:t + p, l:l + p]
+            if any(np.allclose(_np_mode(crop, m), patch, atol=1e-6) for m in range(8)):
+                return True
+    return False
+
+
+def test_denoise_patches_are_crops_with_the_right_noise(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=3, size=(20, 24))
+    ds = TrainPatches(folder, "denoise", DegradationConfig(sigma=25.0), 1, 12, seed=0)
+    imgs = [np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(f), dtype=np.float64) / 255
+            for f in sorted(folder.iterdir())]
+    noise = []
+    for i in range(6):
+        s = ds[i]
+        assert s["gt"].shape == s["lq"].shape == (1, 12, 12)
+        gt = s["gt"][0].double().numpy()
+        assert any(_find_patch(im, gt) for im in imgs), f"sample {i} is not a (flipped/rotated) crop"
+        noise.append((s["lq"] - s["gt"]).flatten())
+    std = float(torch.cat(noise).std()) * 255
+    assert 22.0 < std < 28.0  # 864 draws of sigma 25: standard error ~0.6
+
+
+def test_sigma_range_draws_per_patch(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=2, size=(32, 32))
+    ds = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0]), 1, 16, seed=0)
+    sig = [float(ds[i]["sigma"]) for i in range(40)]
+    assert min(sig) >= 0 and max(sig) <= 50 and np.std(sig) > 5
+    assert all(abs(float((ds[i]["lq"] - ds[i]["gt"]).std()) * 255 - sig[i]) < 0.35 * sig[i] + 1 for i in range(10))
+
+
+def test_sr_patches_are_bicubic_downscaled(tmp_path):
+    from conversenet.data.imresize import imresize
+
+    folder = make_images(tmp_path / "imgs", n=2, size=(40, 40), rgb=True)
+    ds = TrainPatches(folder, "sr", DegradationConfig(scale=4), 3, 16, seed=0)
+    s = ds[0]
+    assert s["gt"].shape == (3, 16, 16) and s["lq"].shape == (3, 4, 4)
+    torch.testing.assert_close(s["lq"], imresize(s["gt"].double(), 0.25).float(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="multiple of degradation.scale"):
+        TrainPatches(folder, "sr", DegradationConfig(scale=4), 3, 18, seed=0)
+
+
+def test_samples_depend_only_on_seed_and_index(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=3, size=(24, 24))
+    deg = DegradationConfig()
+    a = TrainPatches(folder, "denoise", deg, 1, 16, seed=5)
+    b = TrainPatches(folder, "denoise", deg, 1, 16, seed=5, cache=False)
+    c = TrainPatches(folder, "denoise", deg, 1, 16, seed=6)
+    for i in (7, 0, 3):  # any order
+        assert torch.equal(a[i]["lq"], b[i]["lq"])
+    assert not torch.equal(a[0]["lq"], c[0]["lq"])
+    # every image is visited once per pass over the folder
+    assert sorted(a.image_index(i) for i in range(3)) == [0, 1, 2]
+    assert sorted(a.image_index(i) for i in range(3, 6)) == [0, 1, 2]
+
+
+def test_loader_batches_are_independent_of_workers_and_ranks(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=3, size=(24, 24))
+    ds = TrainPatches(folder, "denoise", DegradationConfig(), 1, 16, seed=1)
+
+    def batches(workers, start=0, rank=0, world=1):
+        dl = DataLoader(ds, batch_sampler=IterationBatchSampler(start, 4, 4, rank, world),
+                        num_workers=workers, collate_fn=collate)
+        return [b["lq"] for b in dl]
+
+    one = batches(0)
+    two = batches(2)
+    assert len(one) == 4 and all(torch.equal(x, y) for x, y in zip(one, two))
+    assert all(torch.equal(x, y) for x, y in zip(one[2:], batches(0, start=2)))  # resume at iteration 2
+    r0, r1 = batches(0, rank=0, world=2), batches(0, rank=1, world=2)
+    assert all(torch.equal(torch.cat([x, y]), z) for x, y, z in zip(r0, r1, one))
+
+
+def test_batch_sampler_rejects_uneven_split():
+    with pytest.raises(ValueError, match="divisible"):
+        IterationBatchSampler(0, 2, 5, 0, 2)
+
+
+def test_validation_images_are_deterministic(tmp_path):
+    folder = make_images(tmp_path / "v", n=3, size=(30, 34), rgb=True)
+    v1 = ValImages(folder, "sr", DegradationConfig(scale=4), 3, max_images=2)
+    v2 = ValImages(folder, "sr", DegradationConfig(scale=4), 3, max_images=2)
+    assert len(v1) == 2
+    assert v1[0]["gt"].shape == (3, 28, 32) and v1[0]["lq"].shape == (3, 7, 8)  # modcrop to x4
+    assert torch.equal(v1[1]["lq"], v2[1]["lq"])
+    d = ValImages(folder, "denoise", DegradationConfig(sigma=15), 1, crop=16)
+    assert d[0]["gt"].shape == (1, 16, 16) and torch.equal(d[0]["lq"], d[0]["lq"])
+
+
+def test_missing_folder_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVERSENET_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="data.train: folder 'nowhere' not found"):
+        resolve_folder("nowhere", "data.train")
+    (tmp_path / "trainsets" / "x").mkdir(parents=True)
+    assert resolve_folder("trainsets/x", "data.train") == tmp_path / "trainsets" / "x"

@@ -1,0 +1,170 @@
+"""The training loop: it learns, it resumes exactly (in process, after SIGINT and after
+SIGKILL), checkpoints are never half-written, and its outputs (CSV, plot) are complete."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conversenet.train import Trainer, config_from_dict
+from conversenet.train.checkpoint import load_checkpoint
+
+from _train_helpers import cli_env, max_diff, run_cli, state, tiny_config, write_config
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(cfg_dict, out, **kw):
+    return Trainer(config_from_dict(cfg_dict), out_dir=out, verbose=False, **kw).run()
+
+
+def _rows(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_decreases_and_validation_psnr_rises(tmp_path):
+    cfg = tiny_config(tmp_path, **{"model.args": {"width": 8, "num_blocks": 1}, "train.lr": 2e-3,
+                                   "train.milestones": [], "train.total_iter": 150, "train.val_every": 25,
+                                   "train.log_every": 25, "train.checkpoint_every": 50})
+    assert _run(cfg, tmp_path / "run") == 0
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    loss = [float(r["loss"]) for r in rows if r["loss"]]
+    psnr = [float(r["psnr"]) for r in rows if r["psnr"]]
+    assert len(loss) == 6 and len(psnr) == 6
+    assert loss[-1] < 0.5 * loss[0]
+    assert psnr[-1] > psnr[0] + 5.0
+    ck = load_checkpoint(tmp_path / "run" / "best.pth")
+    assert ck["best_psnr"] == pytest.approx(max(psnr), abs=1e-4)  # the CSV keeps 6 digits
+    assert ck["iteration"] == ck["best_iter"] == 25 * (1 + psnr.index(max(psnr)))
+
+
+def test_resume_in_process_is_exact_with_ema_and_scheduler(tmp_path):
+    over = {"train.total_iter": 8, "train.milestones": [3, 6], "train.ema_decay": 0.9,
+            "train.checkpoint_every": 4, "train.val_every": 4}
+    full = tiny_config(tmp_path, **over)
+    assert _run(full, tmp_path / "a") == 0
+    half = tiny_config(tmp_path, **{**over, "train.total_iter": 4})
+    assert _run(half, tmp_path / "b") == 0
+    assert load_checkpoint(tmp_path / "b" / "last.pth")["iteration"] == 4
+    assert _run(full, tmp_path / "b", resume=True) == 0
+    a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
+    assert a["iteration"] == b["iteration"] == 8
+    assert max_diff(a["model"], b["model"]) <= 1e-6
+    assert max_diff(a["ema"], b["ema"]) <= 1e-6
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 8
+    assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+    # the CSV of the resumed run has no duplicated iterations
+    ra, rb = _rows(tmp_path / "a" / "metrics.csv"), _rows(tmp_path / "b" / "metrics.csv")
+    assert [r["iter"] for r in ra] == [r["iter"] for r in rb]
+
+
+def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.total_iter": 2})
+    assert _run(cfg, tmp_path / "r") == 0
+    with pytest.raises(FileExistsError, match="--resume"):
+        _run(cfg, tmp_path / "r")
+    assert _run(cfg, tmp_path / "r", overwrite=True) == 0
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _run(cfg, tmp_path / "empty", resume=True)
+
+
+def test_plot_and_missing_matplotlib_notice(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    cfg = tiny_config(tmp_path, **{"train.total_iter": 4, "log.plot": True})
+    assert _run(cfg, tmp_path / "p") == 0
+    png = (tmp_path / "p" / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    assert Trainer(config_from_dict(cfg), out_dir=tmp_path / "q").run() == 0
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "q" / "curves.png").exists()
+
+
+FINAL = {"last.pth", "best.pth", "config.yaml", "metrics.csv", "curves.png"}
+TMP = re.compile(r"^\..+\.\d+\.tmp$")
+
+
+def _kill_and_resume(tmp_path: Path, sig: int):
+    total = 300
+    cfg = tiny_config(tmp_path, **{"train.total_iter": total, "train.checkpoint_every": 5,
+                                   "train.val_every": 100, "train.log_every": 5})
+    path = write_config(tmp_path / "tiny.yaml", cfg)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "conversenet", "train", str(path), "--out", str(out), "--quiet"],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_ckpt_loads = 0
+    try:
+        # watch the folder while it trains: only final names or hidden temp names, and every
+        # checkpoint seen under its final name is complete
+        while proc.poll() is None:
+            if out.is_dir():
+                names = {p.name for p in out.iterdir()}
+                assert all(n in FINAL or TMP.match(n) for n in names), names
+                if "last.pth" in names:
+                    it = load_checkpoint(out / "last.pth")["iteration"]
+                    seen_ckpt_loads += 1
+                    if it >= 20:
+                        break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before it could be interrupted: {proc.communicate()}"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped_at = load_checkpoint(out / "last.pth")["iteration"]
+    assert 20 <= stopped_at < total
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "continue with --resume" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert seen_ckpt_loads > 0
+    assert all(n in FINAL or TMP.match(n) for n in (p.name for p in out.iterdir()))
+
+    res = run_cli([str(path), "--out", str(out), "--resume", "--quiet"])
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(out / "last.pth")["iteration"] == total
+    assert not any(n.endswith(".tmp") and str_pid_alive(n) for n in (p.name for p in out.iterdir()))
+
+    ref = tmp_path / "reference"
+    assert run_cli([str(path), "--out", str(ref), "--quiet"]).returncode == 0
+    assert max_diff(state(ref / "last.pth"), state(out / "last.pth")) <= 1e-6
+    assert load_checkpoint(ref / "last.pth")["optimizer"]["state"][0]["step"] == \
+        load_checkpoint(out / "last.pth")["optimizer"]["state"][0]["step"]
+    return stopped_at
+
+
+def str_pid_alive(name: str) -> bool:
+    """Temp files of finished writers may be left only by a killed process, never by a live one."""
+    import os
+
+    pid = int(name.rsplit(".", 2)[-2])
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def test_sigint_saves_a_checkpoint_and_resume_is_exact(tmp_path):
+    _kill_and_resume(tmp_path, signal.SIGINT)
+
+
+def test_sigkill_then_resume_is_exact(tmp_path):
+    _kill_and_resume(tmp_path, signal.SIGKILL)
