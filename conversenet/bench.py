@@ -15,13 +15,17 @@ every :class:`~conversenet.nn.Converse2d` so that whole networks can be compared
 Peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-* CPU: the peak resident set size of the process during the call minus the resident set
-  size before it. The kernel's high-water mark is reset before every call by writing
-  ``5`` to ``/proc/self/clear_refs`` and read back from ``VmHWM`` in
-  ``/proc/self/status``; glibc's mmap threshold is pinned to 64 KiB (``mallopt``) so
-  that every tensor buffer is its own mapping, returned to the system when freed, and
-  the resident set follows the live tensors (FFT work buffers included). Without Linux
-  procfs or glibc the memory column is left empty.
+* CPU: the peak resident set size of the process during one extra call, after the timed
+  ones, minus the resident set size before it. The kernel's high-water mark is reset
+  by writing ``5`` to ``/proc/self/clear_refs`` and read back from ``VmHWM`` in
+  ``/proc/self/status``; for that call glibc's free memory is first returned
+  (``malloc_trim``) and its mmap threshold pinned to 64 KiB (``mallopt``), so that every
+  tensor buffer is its own mapping, returned to the system when freed, and the resident
+  set follows the live buffers, FFT work space included. Timed calls run with the
+  threshold at 32 MiB, where glibc's own dynamic threshold settles. Memory that persists
+  between calls (weights, cached filters) is not part of the peak; the eval-mode
+  filter caches are reported separately. Without Linux procfs or glibc the memory
+  column is left empty.
 
 Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
 """
@@ -167,26 +171,39 @@ def baseline_operator() -> Iterator[None]:
 # timing and memory
 # --------------------------------------------------------------------------------------
 class _PeakMemory:
-    """Peak extra memory of one call (see the module docstring for the method)."""
+    """Peak extra memory of one call (see the module docstring for the method).
+
+    On CPU the timed calls run with glibc's mmap threshold fixed at 32 MiB (the value its
+    dynamic threshold settles at for large tensors), the memory call with 64 KiB after
+    ``malloc_trim``; the call is repeated for memory after the timed ones.
+    """
+
+    _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.method = None
         if device.type == "cuda":
-            self.method = "torch.cuda.max_memory_allocated"
+            self.method = "torch.cuda.max_memory_allocated minus memory allocated before the call"
             return
         try:
-            libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_threshold = -1, -3
-            ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1
-            ok = ok and libc.mallopt(m_trim_threshold, 0) == 1
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
+            self._libc = ctypes.CDLL("libc.so.6")
+            self._clear_refs()
             self._status("VmHWM")
-            if ok:
-                self.method = "peak RSS (VmHWM reset via clear_refs, glibc mmap threshold 64 KiB)"
+            if self._timing_mode():
+                self.method = ("peak RSS minus RSS before the call (VmHWM reset via "
+                               "/proc/self/clear_refs, glibc mmap threshold 64 KiB)")
         except (OSError, AttributeError, ValueError):
             self.method = None
+
+    def _timing_mode(self) -> bool:
+        ok = self._libc.mallopt(self._M_MMAP_THRESHOLD, 32 * 2**20) == 1
+        return ok and self._libc.mallopt(self._M_TRIM_THRESHOLD, 64 * 2**20) == 1
+
+    @staticmethod
+    def _clear_refs() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM)
 
     @staticmethod
     def _status(key: str) -> int:
@@ -196,24 +213,25 @@ class _PeakMemory:
             raise ValueError(key)
         return int(m.group(1)) * 1024
 
-    def start(self) -> None:
-        if self.method is None:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self._base = self._status("VmRSS")
-
-    def stop(self) -> Optional[int]:
+    def measure(self, fn: Callable[[], object]) -> Optional[int]:
         if self.method is None:
             return None
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self._base
-        return max(0, self._status("VmHWM") - self._base)
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            fn()
+            return torch.cuda.max_memory_allocated(self.device) - base
+        self._libc.malloc_trim(0)
+        self._libc.mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
+        self._libc.mallopt(self._M_TRIM_THRESHOLD, 0)
+        try:
+            self._clear_refs()
+            base = self._status("VmRSS")
+            fn()
+            return max(0, self._status("VmHWM") - base)
+        finally:
+            self._timing_mode()
 
 
 def _sync(device: torch.device) -> None:
@@ -236,22 +254,25 @@ class Result:
     vs_floor: Optional[float] = None  # median / floor median
 
 
-def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float, mem: _PeakMemory):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float,
+             mem: _PeakMemory, clock: str = "wall"):
+    """Median-ready times of ``repeat`` calls after ``warmup`` calls, then one call for memory."""
+    now = CLOCKS[clock]
     for _ in range(warmup):
         fn()
         _sync(device)
-    times, peaks = [], []
+    times = []
     for _ in range(repeat):
-        mem.start()
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-        peaks.append(mem.stop())
+        times.append(now() - t0)
         if sum(times) > budget_s:
             break  # slow rows: fewer repetitions, never fewer than one
-    peak = None if peaks[0] is None else max(peaks)
-    return times, peak
+    return times, mem.measure(lambda: (fn(), _sync(device)))
 
 
 # --------------------------------------------------------------------------------------
@@ -473,6 +494,7 @@ def run_bench(
     warmup: int = 1,
     budget_s: float = 30.0,
     log: Optional[Callable[[str], None]] = None,
+    clock: str = "wall",
 ) -> List[Result]:
     """Runs the selected rows and returns one :class:`Result` per implementation.
 
@@ -495,7 +517,7 @@ def run_bench(
             continue
         group: List[Result] = []
         for impl, fn in closures:
-            times, peak = _measure(fn, dev, warmup, repeat, budget_s, mem)
+            times, peak = _measure(fn, dev, warmup, repeat, budget_s, mem, clock)
             r = Result(desc, impl.name, impl.kind, times, peak, statistics.median(times))
             group.append(r)
             if log:
@@ -618,6 +640,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     p.add_argument("--budget", type=float, default=30.0,
                    help="seconds after which an implementation stops repeating (>= 1 run)")
+    p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                   help="wall: elapsed time (default); cpu: process CPU time, steadier on a "
+                        "busy machine (with --threads 1)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the results as a Markdown report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -646,9 +671,10 @@ def run_from_args(args) -> int:
         raise BenchError(f"--device must be cpu or cuda, got {args.device}")
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     results = run_bench(rows, args.threads, _DTYPES[args.dtype], args.device, args.repeat,
-                        args.warmup, args.budget, log)
+                        args.warmup, args.budget, log, args.clock)
     info = machine_info(args.threads, args.device)
     info["dtype"] = args.dtype
+    info["clock"] = args.clock
     method = _PeakMemory(dev).method
     print(format_table(results))
     if args.json:

@@ -88,3 +88,57 @@ def test_backward_matches_between_float32_and_float64():
     for g64, g32 in zip(*grads):
         scale = g64.abs().max()
         assert (g64 - g32).abs().max() <= 1e-4 * scale
+
+
+# ---------------------------------------------------------------------------------------
+# fft_size="fast": same operator, solved at a 7-smooth padded size
+# ---------------------------------------------------------------------------------------
+def _factors_ok(n):
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate", "constant"])
+@pytest.mark.parametrize("scale", [1, 2])
+def test_fast_fft_size_is_exact_solve_on_the_larger_padding(mode, scale):
+    import torch.nn.functional as F
+
+    from conversenet.functional import fft_pads
+
+    g = torch.Generator().manual_seed(5)
+    h, w, p = 23, 19, 3  # 29 and 25: 29 is prime
+    x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64)
+    k = torch.rand(1, 3, 3, 3, generator=g, dtype=torch.float64)
+    pads = fft_pads(h, w, p, scale, mode, "fast")
+    left, right, top, bottom = pads
+    assert min(pads) >= p
+    assert _factors_ok(scale * (h + top + bottom)) and _factors_ok(scale * (w + left + right))
+    fast = converse2d(x, k, 0.05, scale=scale, padding=p, padding_mode=mode, fft_size="fast")
+    # reference: pad by hand, solve without padding, crop by hand
+    full = converse2d(F.pad(x, pads, mode=mode), k, 0.05, scale=scale, padding=0)
+    ref = full[..., scale * top : scale * (top + h), scale * left : scale * (left + w)]
+    assert fast.shape == (2, 3, scale * h, scale * w)
+    assert torch.allclose(fast, ref, atol=1e-12)
+    exact = converse2d(x, k, 0.05, scale=scale, padding=p, padding_mode=mode)
+    assert not torch.allclose(fast, exact, atol=1e-6)  # it is a different boundary treatment
+
+
+def test_fast_fft_size_gradcheck_and_module():
+    x, weight, lam = _inputs(1, 2, 5, 7, 3, False, False, seed=7)
+
+    def f(x, weight, lam):
+        return converse2d(x, weight, lam, padding=2, fft_size="fast")
+
+    assert torch.autograd.gradcheck(f, (x, weight, lam), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    layer = Converse2d(2, 3, padding=2, fft_size="fast").double().eval()
+    y = torch.randn(1, 2, 9, 11, dtype=torch.float64)
+    with torch.no_grad():
+        ref = converse2d(y, layer.weight, layer.lam, padding=2, fft_size="fast")
+        assert torch.allclose(layer(y), ref, atol=1e-12)  # first call fills the cache
+        assert torch.allclose(layer(y), ref, atol=1e-12)  # second call uses it
+    with pytest.raises(ValueError, match="fft_size"):
+        Converse2d(2, 3, fft_size="quick")
+    with pytest.raises(ValueError, match="fft_size"):
+        converse2d(y, layer.weight.detach(), 0.1, fft_size="quick")

@@ -1,5 +1,14 @@
 """Stateless operators: the math of Converse2D and its forward model."""
 
-from .converse import PADDING_MODES, X0_MODES, conv_down, converse2d, converse_filter, kernel_otf
+from .converse import (
+    FFT_SIZES,
+    PADDING_MODES,
+    X0_MODES,
+    conv_down,
+    converse2d,
+    converse_filter,
+    fft_pads,
+    kernel_otf,
+)
 
-__all__ = ["converse2d", "conv_down", "converse_filter", "kernel_otf", "PADDING_MODES", "X0_MODES"]
+__all__ = ["converse2d", "conv_down", "converse_filter", "kernel_otf", "PADDING_MODES", "X0_MODES", "FFT_SIZES", "fft_pads"]

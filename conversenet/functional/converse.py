@@ -35,6 +35,8 @@ __all__ = [
     "kernel_otf",
     "PADDING_MODES",
     "X0_MODES",
+    "FFT_SIZES",
+    "fft_pads",
 ]
 
 PADDING_MODES = ("circular", "reflect", "replicate", "constant")
@@ -295,34 +297,83 @@ def _filter_s1_inplace(fk: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Te
     return fk
 
 
-class _SpectralFilter(torch.autograd.Function):
-    """``irfft2(rfft2(yp) * g)`` (s = 1) with a backward that saves only ``rfft2(yp)``.
+Pads = Tuple[int, int, int, int]  # (left, right, top, bottom), F.pad order
+
+
+def _pad4(x: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+    if not any(pads):
+        return x
+    return F.pad(x, pads, mode=mode)
+
+
+def _crop(out: torch.Tensor, pads: Pads, s: int, h: int, w: int) -> torch.Tensor:
+    left, _, top, _ = pads
+    if out.shape[-2:] == (s * h, s * w):
+        return out
+    return out[..., s * top : s * (top + h), s * left : s * (left + w)]
+
+
+def _fold(g: torch.Tensor, dim: int, before: int, n: int, after: int) -> torch.Tensor:
+    """Adjoint of circular padding along one dim (before, after <= n)."""
+    out = g.narrow(dim, before, n).clone()
+    if before:
+        out.narrow(dim, n - before, before).add_(g.narrow(dim, 0, before))
+    if after:
+        out.narrow(dim, 0, after).add_(g.narrow(dim, before + n, after))
+    return out
+
+
+def _pad_adjoint(g: torch.Tensor, pads: Pads, mode: str, shape) -> torch.Tensor:
+    """Gradient of ``_pad4`` w.r.t. its input, given the gradient ``g`` of the padded tensor."""
+    left, right, top, bottom = pads
+    h, w = shape[-2:]
+    if not any(pads):
+        return g
+    if mode == "constant":
+        return g[..., top : top + h, left : left + w]
+    if mode == "circular":
+        return _fold(_fold(g, -2, top, h, bottom), -1, left, w, right)
+    shape_only = g.new_empty(()).expand(shape)  # the aten backward kernels read sizes only
+    if mode == "reflect":
+        return torch.ops.aten.reflection_pad2d_backward(g, shape_only, list(pads))
+    return torch.ops.aten.replication_pad2d_backward(g, shape_only, list(pads))
+
+
+class _ConverseS1(torch.autograd.Function):
+    """pad -> ``irfft2(rfft2(.) * g)`` -> crop for s = 1, with a lean backward.
 
     The map is a real circular convolution, so the input gradient is the correlation
-    ``irfft2(rfft2(grad) * conj(g))``; the filter gradient is autograd's own formula for
-    ``irfft2`` and the product (``rfft2(grad) / HW`` with the interior columns doubled,
-    times ``conj(rfft2(yp))``), summed over broadcast batch entries. The spectrum of the
-    input is saved only when the filter needs a gradient.
+    ``irfft2(rfft2(grad) * conj(g))`` followed by the adjoint of the padding (a fold for
+    circular padding, aten's pad backward kernels otherwise), with no per-slice copies.
+    The filter gradient is autograd's own formula for ``irfft2`` and the product
+    (``rfft2(grad) / HW`` with the interior columns doubled, times ``conj(rfft2(yp))``),
+    summed over broadcast batch entries. Only ``rfft2(yp)`` is saved, and only when the
+    filter needs a gradient.
     """
 
     @staticmethod
-    def forward(ctx, yp: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+        yp = _pad4(y, pads, mode)
         size = yp.shape[-2:]
         fy = torch.fft.rfft2(yp)
+        del yp
         need_g = ctx.needs_input_grad[1]
         z = fy * g if need_g else fy.mul_(g)
-        ctx.size = tuple(size)
+        ctx.pads, ctx.mode, ctx.y_shape, ctx.size = pads, mode, y.shape, tuple(size)
         ctx.g_batch = g.shape[0]
         ctx.save_for_backward(fy if need_g else None, g)
-        return torch.fft.irfft2(z, s=size)
+        out = torch.fft.irfft2(z, s=size)
+        del z
+        return _crop(out, pads, 1, *y.shape[-2:])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         fy, g = ctx.saved_tensors
         h, w = ctx.size
-        gs = torch.fft.rfft2(grad)
-        grad_yp = grad_g = None
+        left, right, top, bottom = ctx.pads
+        gs = torch.fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
+        grad_y = grad_g = None
         if ctx.needs_input_grad[1]:
             gz = gs * fy.conj()
             dbl = w - (w // 2 + 1)
@@ -333,17 +384,19 @@ class _SpectralFilter(torch.autograd.Function):
                 gz = gz.sum(0, keepdim=True)
             grad_g = gz
         if ctx.needs_input_grad[0]:
-            grad_yp = torch.fft.irfft2(gs.mul_(g.conj()), s=(h, w))
-        return grad_yp, grad_g
+            gyp = torch.fft.irfft2(gs.mul_(g.conj()), s=(h, w))
+            del gs
+            grad_y = _pad_adjoint(gyp, ctx.pads, ctx.mode, ctx.y_shape)
+        return grad_y, grad_g, None, None
 
 
 def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
+    """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts)."""
     h, w = yp.shape[-2:]
     big = (s * h, s * w)
     if s == 1:
-        if _tracks_grad(yp, g):
-            return _SpectralFilter.apply(yp, g)
-        return torch.fft.irfft2(torch.fft.rfft2(yp).mul_(g), s=big)
+        fy = torch.fft.rfft2(yp)
+        return torch.fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), s=big)
     return torch.fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), s=big)
 
 
@@ -361,6 +414,49 @@ def _solve_with_x0(
     return x0p + torch.fft.irfft2(upd, s=big)
 
 
+FFT_SIZES = ("exact", "fast")
+
+
+def _smooth(n: int) -> bool:
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def fft_pads(h: int, w: int, padding: int, scale: int, mode: str, fft_size: str = "exact") -> Pads:
+    """Padding (left, right, top, bottom) that :func:`converse2d` applies to an H x W input.
+
+    ``"exact"`` pads ``padding`` on every side. ``"fast"`` grows each padded side length L
+    to the smallest L' >= L whose output FFT size ``scale * L'`` has prime factors <= 7,
+    splitting the extra pixels between both sides (the extra stays within what the
+    padding mode allows; otherwise that side length is kept).
+
+    Example:
+        >>> fft_pads(256, 250, 6, 1, "circular", "fast")  # 268 = 4*67 -> 270, 262 -> 270
+        (10, 10, 7, 7)
+    """
+    if fft_size not in FFT_SIZES:
+        raise ValueError(f"fft_size must be one of {FFT_SIZES}, got {fft_size!r}")
+    if fft_size == "exact":
+        return (padding,) * 4
+
+    def grow(n: int) -> Tuple[int, int]:
+        length = n + 2 * padding
+        while not _smooth(scale * length):
+            length += 1
+        extra = length - n - 2 * padding
+        before, after = padding + extra // 2, padding + extra - extra // 2
+        limit = {"reflect": n - 1, "circular": n}.get(mode)
+        if limit is not None and after > limit:
+            return padding, padding
+        return before, after
+
+    top, bottom = grow(h)
+    left, right = grow(w)
+    return (left, right, top, bottom)
+
+
 # --------------------------------------------------------------------------------------
 # public functions
 # --------------------------------------------------------------------------------------
@@ -374,6 +470,7 @@ def converse2d(
     x0: Union[str, torch.Tensor] = "interp",
     *,
     filter: Optional[torch.Tensor] = None,
+    fft_size: str = "exact",
 ) -> torch.Tensor:
     """Reverse convolution: the closed-form inverse of depthwise convolution + s-fold downsampling.
 
@@ -394,6 +491,11 @@ def converse2d(
             or an (N, C, H*s, W*s) tensor (padded by ``padding*scale`` with the same mode).
         filter: precomputed :func:`converse_filter` for the padded size (advanced; used by
             the module's eval-mode cache). Must match weight, lam, scale and x0.
+        fft_size: ``"exact"`` (default): solve at exactly the padded size, the published
+            behaviour. ``"fast"``: opt-in, add up to a few more pixels of padding (same
+            mode, split between both sides) so that the FFT size has no prime factor
+            above 7; faster for sizes such as 268 = 4*67, but the result changes slightly
+            near the borders (see ``docs/PERFORMANCE.md``).
 
     Returns:
         (N, C, H*scale, W*scale) tensor in x's dtype.
@@ -412,9 +514,10 @@ def converse2d(
     _check_weight(weight, n, c)
     scale = _check_int("scale", scale, 1)
     padding = _check_padding(padding, padding_mode, h, w)
+    pads = fft_pads(h, w, padding, scale, padding_mode, fft_size)
     lam_t = _lam_tensor(lam, n, c, weight)
     kh, kw = weight.shape[-2:]
-    hp, wp = h + 2 * padding, w + 2 * padding
+    hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
     if kh > scale * hp or kw > scale * wp:
         raise ValueError(
             f"weight: kernel {kh}x{kw} is larger than the padded output {scale * hp}x{scale * wp}; "
@@ -437,16 +540,16 @@ def converse2d(
         y = x.to(compute)
         k = weight.to(compute)
         lam_c = lam_t.to(compute)
-        yp = _pad(y, padding, padding_mode)
         if x0_tensor is not None:
-            x0p = _pad(x0_tensor.to(compute), padding * scale, padding_mode)
-            out = _solve_with_x0(yp, k, lam_c, scale, x0p)
+            yp = _pad4(y, pads, padding_mode)
+            x0p = _pad4(x0_tensor.to(compute), tuple(scale * p for p in pads), padding_mode)
+            out = _crop(_solve_with_x0(yp, k, lam_c, scale, x0p), pads, scale, h, w)
         else:
             g = filter if filter is not None else converse_filter(k, lam_c, (hp, wp), scale, x0)
-            out = _apply_filter(yp, g, scale)
-        if padding:
-            p = padding * scale
-            out = out[..., p:-p, p:-p]
+            if scale == 1 and _tracks_grad(y, g):
+                out = _ConverseS1.apply(y, g, pads, padding_mode)
+            else:
+                out = _crop(_apply_filter(_pad4(y, pads, padding_mode), g, scale), pads, scale, h, w)
     return out.to(out_dtype)
 
 

@@ -45,6 +45,8 @@ class Converse2d(nn.Module):
         x0: ``"interp"`` or ``"zero"``.
         kernel_init: ``"gaussian_softmax"`` (paper default), ``"gaussian"`` or ``"uniform"``.
         learn_kernel: False for kernel-conditioned use, ``forward(x, kernel)``.
+        fft_size: ``"exact"`` (published behaviour) or ``"fast"`` (opt-in: FFT sizes with
+            prime factors <= 7, see :func:`conversenet.functional.fft_pads`).
 
     Shape:
         x (N, C, H, W) -> (N, C, H*s, W*s); kernel argument (1 or N, C, kh, kw).
@@ -71,6 +73,7 @@ class Converse2d(nn.Module):
         x0: str = "interp",
         kernel_init: str = "gaussian_softmax",
         learn_kernel: bool = True,
+        fft_size: str = "exact",
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -93,6 +96,9 @@ class Converse2d(nn.Module):
             raise ValueError(f"kernel_init must be one of {KERNEL_INITS}, got {kernel_init!r}")
         self.kernel_init = kernel_init
         self.learn_kernel = learn_kernel
+        if fft_size not in _fc.FFT_SIZES:
+            raise ValueError(f"fft_size must be one of {_fc.FFT_SIZES}, got {fft_size!r}")
+        self.fft_size = fft_size
         if learn_kernel:
             self.weight = nn.Parameter(torch.empty(1, channels, kh, kw))
         else:
@@ -127,7 +133,8 @@ class Converse2d(nn.Module):
         if torch.compiler.is_compiling():
             return None
         h, w = x.shape[-2:]
-        size = (h + 2 * self.padding, w + 2 * self.padding)
+        pads = _fc.fft_pads(h, w, self.padding, self.scale, self.padding_mode, self.fft_size)
+        size = (h + pads[2] + pads[3], w + pads[0] + pads[1])
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         key = (
             size,
@@ -164,7 +171,8 @@ class Converse2d(nn.Module):
             weight = self.weight
         filt = self._cached_filter(x) if kernel is None else None
         return _fc.converse2d(
-            x, weight, self.lam, self.scale, self.padding, self.padding_mode, self.x0, filter=filt
+            x, weight, self.lam, self.scale, self.padding, self.padding_mode, self.x0,
+            filter=filt, fft_size=self.fft_size,
         )
 
     def _apply(self, fn, *args, **kwargs):  # moving/casting invalidates the cache
@@ -176,6 +184,7 @@ class Converse2d(nn.Module):
             f"{self.channels}, kernel_size={self.kernel_size}, scale={self.scale}, "
             f"padding={self.padding}, padding_mode={self.padding_mode!r}, eps={self.eps}, "
             f"x0={self.x0!r}, learn_kernel={self.learn_kernel}"
+            + (f", fft_size={self.fft_size!r}" if self.fft_size != "exact" else "")
         )
 
 
