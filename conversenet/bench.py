@@ -15,17 +15,16 @@ every :class:`~conversenet.nn.Converse2d` so that whole networks can be compared
 Peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-* CPU: the peak resident set size of the process during one extra call, after the timed
-  ones, minus the resident set size before it. The kernel's high-water mark is reset
+* CPU: the peak resident set size of the process during the first call (which is also
+  the first warm-up call, so one-time allocations that persist, such as the eval-mode
+  filter caches, are counted), minus the resident set size before it. The kernel's high-water mark is reset
   by writing ``5`` to ``/proc/self/clear_refs`` and read back from ``VmHWM`` in
   ``/proc/self/status``; for that call glibc's free memory is first returned
   (``malloc_trim``) and its mmap threshold pinned to 64 KiB (``mallopt``), so that every
   tensor buffer is its own mapping, returned to the system when freed, and the resident
   set follows the live buffers, FFT work space included. Timed calls run with the
-  threshold at 32 MiB, where glibc's own dynamic threshold settles. Memory that persists
-  between calls (weights, cached filters) is not part of the peak; the eval-mode
-  filter caches are reported separately. Without Linux procfs or glibc the memory
-  column is left empty.
+  threshold at 32 MiB, where glibc's own dynamic threshold settles. Without Linux procfs
+  or glibc the memory column is left empty.
 
 Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
 """
@@ -259,9 +258,14 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float,
              mem: _PeakMemory, clock: str = "wall"):
-    """Median-ready times of ``repeat`` calls after ``warmup`` calls, then one call for memory."""
+    """Peak memory of the first call, then ``repeat`` timed calls after ``warmup`` calls.
+
+    The first call is the memory call and counts as the first warm-up call; it sees every
+    one-time allocation that persists (e.g. filter caches), so those count in the peak.
+    """
     now = CLOCKS[clock]
-    for _ in range(warmup):
+    peak = mem.measure(lambda: (fn(), _sync(device)))
+    for _ in range(warmup - 1):
         fn()
         _sync(device)
     times = []
@@ -272,7 +276,7 @@ def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_
         times.append(now() - t0)
         if sum(times) > budget_s:
             break  # slow rows: fewer repetitions, never fewer than one
-    return times, mem.measure(lambda: (fn(), _sync(device)))
+    return times, peak
 
 
 # --------------------------------------------------------------------------------------
@@ -637,7 +641,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions per implementation")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed calls before timing (the first one also measures memory; min 1)")
     p.add_argument("--budget", type=float, default=30.0,
                    help="seconds after which an implementation stops repeating (>= 1 run)")
     p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
@@ -659,8 +664,8 @@ def run_from_args(args) -> int:
         raise BenchError(f"--rows: unknown row(s) {bad or rows}; choose from {','.join(ROWS)}")
     if args.threads < 1:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
-    if args.repeat < 1 or args.warmup < 0:
-        raise BenchError("--repeat must be >= 1 and --warmup >= 0")
+    if args.repeat < 1 or args.warmup < 1:
+        raise BenchError("--repeat and --warmup must be >= 1")
     try:
         dev = torch.device(args.device)
     except RuntimeError as e:

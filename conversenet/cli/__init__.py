@@ -14,6 +14,7 @@ from typing import List, Optional
 
 # command name -> module under conversenet.cli
 COMMANDS = {
+    "bench": "bench",
     "eval": "eval",
     "info": "info",
     "train": "train",

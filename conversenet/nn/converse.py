@@ -52,7 +52,10 @@ class Converse2d(nn.Module):
         x (N, C, H, W) -> (N, C, H*s, W*s); kernel argument (1 or N, C, kh, kw).
 
     In eval mode without autograd the spectral filter is cached and reused until the
-    weights change (tracked by their version counters).
+    weights change (tracked by their version counters), when it takes at most
+    ``filter_cache_bytes`` (class attribute, 64 MiB; ``None`` disables the cache). Larger
+    filters (e.g. 128 channels on a 512x512 image) are rebuilt at every call, one channel
+    group at a time, which costs a few per cent of the time and saves their memory.
 
     Example:
         >>> import torch
@@ -61,6 +64,8 @@ class Converse2d(nn.Module):
         >>> layer(torch.randn(2, 8, 16, 12)).shape
         torch.Size([2, 8, 32, 24])
     """
+
+    filter_cache_bytes: Optional[int] = 64 * 2**20
 
     def __init__(
         self,
@@ -154,6 +159,10 @@ class Converse2d(nn.Module):
             and torch.equal(self._cache[3], self.bias)
         ):
             return self._cache[1]
+        nbytes = 2 * (torch.finfo(compute).bits // 8) * self.channels * self.scale**2 * size[0] * (size[1] // 2 + 1)
+        if self.filter_cache_bytes is None or nbytes > self.filter_cache_bytes:
+            self._cache = None  # too large to keep: rebuilt per channel group inside the solve
+            return None
         g = _fc.converse_filter(
             self.weight.to(compute), self.lam.to(compute), size, self.scale, self.x0
         )
