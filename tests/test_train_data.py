@@ -132,3 +132,30 @@ def test_missing_folder_is_reported(tmp_path, monkeypatch):
         resolve_folder("nowhere", "data.train")
     (tmp_path / "trainsets" / "x").mkdir(parents=True)
     assert resolve_folder("trainsets/x", "data.train") == tmp_path / "trainsets" / "x"
+
+
+def _circ_conv_ref(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    # naive circular convolution with the kernel centred at (kh//2, kw//2)
+    c0, c1 = k.shape[0] // 2, k.shape[1] // 2
+    out = np.zeros_like(x)
+    for a in range(k.shape[0]):
+        for b in range(k.shape[1]):
+            out += k[a, b] * np.roll(x, (a - c0, b - c1), axis=(-2, -1))
+    return out
+
+
+def test_deblur_patches_blur_with_the_returned_kernel_plus_noise(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=2, size=(32, 32), rgb=True)
+    ds = TrainPatches(folder, "deblur", DegradationConfig(kernel_size=7, noise=2.55), 3, 24, seed=0)
+    resid, kinds = [], set()
+    for i in range(8):
+        s = ds[i]
+        k = s["kernel"]
+        assert k.shape == (1, 7, 7) and abs(float(k.sum()) - 1) < 1e-5 and float(k.min()) >= 0
+        blurred = _circ_conv_ref(s["gt"].double().numpy(), k[0].double().numpy())
+        resid.append(s["lq"].double().numpy() - blurred)
+        # Gaussian kernels are symmetric under transposition, motion kernels usually not
+        kinds.add(bool(torch.allclose(k[0], k[0].T, atol=1e-6)))
+    std = float(np.std(np.concatenate([r.ravel() for r in resid]))) * 255
+    assert 2.3 < std < 2.8
+    assert kinds == {True, False}

@@ -42,23 +42,37 @@ def circular_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return blur_circular(x, kernel.reshape(kernel.shape[-2:]).to(x.dtype))
 
 
-def random_kernel(kind: str, size: int, g: torch.Generator) -> torch.Tensor:
-    """A random (size, size) blur kernel summing to 1: isotropic Gaussian or motion."""
-    from ..data import degradations as _deg
+GAUSSIAN_SIGMA_RANGE = (0.6, 2.0)  # isotropic widths (pixels) for the random Gaussian kernels
 
-    seed = int(torch.randint(2**62, (), generator=g))
+
+def random_kernel(kind: str, size: int, g: torch.Generator) -> torch.Tensor:
+    """A random (size, size) blur kernel summing to 1, drawn from ``g``.
+
+    ``gaussian``: isotropic, sigma ~ U(0.6, 2.0) (7x7 keeps >= 95% of the mass);
+    ``motion``: :func:`conversenet.data.kernels.motion_kernel` with its default length
+    (uniform in [size/4, 3 size/4]) and jitter.
+    """
+    import numpy as np
+
+    from ..data import kernels as _k
+
     if kind == "gaussian":
-        k = _deg.random_gaussian_kernel(size, seed=seed)
+        lo, hi = GAUSSIAN_SIGMA_RANGE
+        sigma = lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
+        k = _k.gaussian_kernel(size, sigma)
+    elif kind == "motion":
+        seed = int(torch.randint(2**62, (), generator=g))
+        k = _k.motion_kernel(size, seed=np.random.default_rng(seed))
     else:
-        k = _deg.random_motion_kernel(size, seed=seed)
+        raise ValueError(f"kernel kind must be gaussian or motion, got {kind!r}")
     k = torch.as_tensor(k, dtype=torch.float32)
     return k / k.sum()
 
 
 def load_kernel(path: Path) -> torch.Tensor:
-    from ..data import degradations as _deg
+    from ..data.kernels import load_kernel as _load
 
-    k = torch.as_tensor(_deg.load_kernel(path), dtype=torch.float32)
+    k = torch.as_tensor(_load(path), dtype=torch.float32)
     return k / k.sum()
 
 
