@@ -241,3 +241,8 @@ def collate(samples: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tenso
 def worker_init(_: int) -> None:
     # the decoding/resizing work is small per sample: one thread per worker avoids oversubscription
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: workers keep serving batches while the main
+    # process finishes its iteration and saves a checkpoint
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -271,6 +271,7 @@ class Trainer:
             self._load(self.resume_path)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(self.out)
             write_text_atomic(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), self.out / "config.yaml")
             self._init_csv()
         self._barrier()
@@ -513,6 +514,23 @@ class Trainer:
             else:
                 self._say(f"done: outputs in {self.out}")
         return 0
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete ``.NAME.PID.tmp`` files left by a writer that was killed (its PID is gone)."""
+    for p in folder.glob(".*.tmp"):
+        try:
+            pid = int(p.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except OSError:  # exists but not ours: leave it
+            pass
 
 
 def _fmt(v: Any) -> str:
