@@ -162,3 +162,22 @@ def test_sigint_saves_a_checkpoint_and_resume_is_exact(tmp_path):
 
 def test_sigkill_then_resume_is_exact(tmp_path):
     _kill_and_resume(tmp_path, signal.SIGKILL)
+
+
+def test_tensorboard_is_optional(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, **{"train.total_iter": 2, "log.tensorboard": True})
+    assert Trainer(config_from_dict(cfg), out_dir=tmp_path / "tb").run() == 0
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard package is missing" in capsys.readouterr().err
+    else:
+        assert any((tmp_path / "tb" / "tb").iterdir())
+
+
+def test_global_batch_must_split_evenly_across_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="data.batch_size: 4 is not divisible by the 3 processes"):
+        Trainer(config_from_dict(tiny_config(tmp_path)), out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
