@@ -18,6 +18,12 @@ COMMANDS = {
     "eval": "eval",
     "info": "info",
     "train": "train",
+    "denoise": "restore",
+    "sr": "restore",
+    "deblur": "restore",
+    "demo": "restore",
+    "degrade": "restore",
+    "visualize": "visualize",
 }
 
 
