@@ -159,3 +159,14 @@ def test_deblur_patches_blur_with_the_returned_kernel_plus_noise(tmp_path):
     std = float(np.std(np.concatenate([r.ravel() for r in resid]))) * 255
     assert 2.3 < std < 2.8
     assert kinds == {True, False}
+
+
+def test_images_smaller_than_the_patch_are_left_out(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=2, size=(40, 40))
+    make_images(tmp_path / "small", n=1, size=(10, 30))
+    (tmp_path / "small" / "img00.png").rename(folder / "tiny.png")
+    with pytest.warns(UserWarning, match="1 of 3 images"):
+        ds = TrainPatches(folder, "denoise", DegradationConfig(), 1, 16, seed=0)
+    assert len(ds) == 2 and all(f.name != "tiny.png" for f in ds.files)
+    with pytest.raises(ValueError, match="every image"):
+        TrainPatches(folder, "denoise", DegradationConfig(), 1, 64, seed=0)

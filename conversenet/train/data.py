@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -65,6 +66,17 @@ def list_images(folder: Path, what: str) -> List[Path]:
     if not files:
         raise FileNotFoundError(f"{what}: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
     return files
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    """(width, height) from the file header (no decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:  # unreadable: let the reader report it properly later
+        raise ValueError(f"data.train: cannot read {path}: {e}") from None
 
 
 def sample_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
@@ -130,7 +142,14 @@ class TrainPatches(Dataset):
 
     def __init__(self, folder: Path, task: str, deg, channels: int, patch_size: int, seed: int,
                  augment: bool = True, cache: bool = True) -> None:
-        self.files = list_images(Path(folder), "data.train")
+        files = list_images(Path(folder), "data.train")
+        self.files = [f for f in files if min(_image_size(f)) >= patch_size]
+        self.skipped = len(files) - len(self.files)
+        if not self.files:
+            raise ValueError(f"data.train: every image in {folder} is smaller than data.patch_size {patch_size}")
+        if self.skipped:
+            warnings.warn(f"data.train: {self.skipped} of {len(files)} images in {folder} are smaller than "
+                          f"data.patch_size {patch_size} and are not used", stacklevel=2)
         if task == "sr" and patch_size % deg.scale:
             raise ValueError(f"data.patch_size ({patch_size}) must be a multiple of degradation.scale ({deg.scale})")
         self.degrade = _Degrader(task, deg, channels)
