@@ -9,4 +9,13 @@ from . import functional, nn
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "__version__"]
+__all__ = ["functional", "nn", "restore", "__version__"]
+
+
+def __getattr__(name):
+    # lazy: ``conversenet.restore(image, task=...)`` loads models/data only when first used
+    if name == "restore":
+        import importlib
+
+        return importlib.import_module(".restore", __name__)  # a callable module, see restore.py
+    raise AttributeError(f"module 'conversenet' has no attribute {name!r}")

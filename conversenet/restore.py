@@ -801,3 +801,16 @@ def sample_image(size: int = 192, seed: int = 0) -> np.ndarray:
     img[roof & stripes] = (0.65, 0.15, 0.1)
     img[roof & ~stripes] = (0.5, 0.1, 0.08)
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+# ``conversenet.restore`` is both this module and the function: after ``import conversenet``
+# the attribute may be either (importing the submodule rebinds it), so the module itself is
+# made callable and forwards to :func:`restore`.
+class _CallableModule(type(math)):
+    def __call__(self, *args, **kwargs):
+        return restore(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
