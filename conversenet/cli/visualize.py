@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-channels", dest="num_channels", type=int, default=3, help="channels shown (default 3)")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise: noise added to the image first (default 25; 0: none)")
     p.add_argument("--size", type=int, default=96, help="the image is centre-cropped to at most this side (default 96)")
+    p.add_argument("--dpi", type=int, default=110, help="resolution of the PNG (default 110)")
     p.add_argument("--list", action="store_true", help="list the model's Converse2D layers and exit")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
@@ -102,7 +103,7 @@ def run(args) -> int:
             raise CLIError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
     try:
         maps = V.converse_maps(net, x, layer, channels, args.num_channels, kernel)
-        V.figure2(maps, out, title=f"Converse2D layer {maps['layer']} of {source.split(' (')[0]}")
+        V.figure2(maps, out, dpi=args.dpi, title=f"Converse2D layer {maps['layer']} of {source.split(' (')[0]}")
     except ImportError as e:
         raise CLIError(str(e)) from e
     except ValueError as e:
