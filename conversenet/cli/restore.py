@@ -343,7 +343,8 @@ def run_files(args) -> int:
             img, depth, _ = read_input(src)
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
-            out = R.restore_array(img, lm, kernel, tile=tile, overlap=overlap, max_memory=budget)
+            out = R.restore_array(img, lm, kernel, tile=tile, overlap=overlap, max_memory=budget,
+                                  progress=_tile_bar(args.progress, src.name))
             write_output(dest, out, depth, args.overwrite, protect)
             msg = f"{src} -> {dest} ({out.shape[1]}x{out.shape[0]}, {time.perf_counter() - t0:.1f} s)"
             if gt_dir is not None:
@@ -365,6 +366,28 @@ def run_files(args) -> int:
               f"over {len(psnrs)} image(s)")
     print(f"done: {len(plans) - len(failed)} written, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _tile_bar(enabled: bool, name: str):
+    """A progress callback showing tiles of one image (a bar appears only when tiling)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    state = {}
+
+    def cb(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None or bar.total != total:
+            bar = state["bar"] = tqdm(total=total, desc=f"  {name} tiles", unit="tile", leave=False,
+                                      dynamic_ncols=True, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+            state.pop("bar")
+
+    return cb
 
 
 def _psnr_note(src: Path, out, task: str, net, gt_dir: Path, acc) -> str:
