@@ -406,7 +406,7 @@ def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
 
 # without autograd, channels are solved in groups of about this many output elements, so
 # that the padded input, its spectrum and the FFT work space exist for one group at a time
-_CHUNK_ELEMS = 1 << 22
+_CHUNK_ELEMS = 1 << 20
 
 
 def _converse_chunked(
