@@ -143,3 +143,11 @@ def test_subprocess_errors_have_no_traceback(case, rgb_dir, tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
     assert r.stderr.strip().startswith("conversenet eval: error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_output_folder_that_would_overwrite_the_inputs(tmp_path, capsys):
+    d = tmp_path / "restored"
+    write_image(d / "a.png", _img(16, 16, 1))
+    rc = main(["eval", "--model", "converse_dncnn", "--weights", "none", "--dataset", str(d), "--out", str(tmp_path)])
+    _one_line_error(capsys, rc, "dataset folder")
+    assert np.array_equal(read_image(d / "a.png")[0], _img(16, 16, 1))

@@ -135,6 +135,8 @@ def run(args) -> int:
 
     ds = Path(args.dataset).name if folder == Path(args.dataset) else args.dataset.lower()
     out = Path(args.out) if args.out else Path("results") / "_".join(x for x in (args.model, ds, kname) if x)
+    if folder.resolve() in ((out / "restored").resolve(), (out / "compare").resolve()):
+        raise CLIError(f"--out {out} would write into the dataset folder {folder}; choose another output folder")
     y = proto.test_y
     width = max(12, max(len(n) for n, _ in images))
     print(f"model {name} ({args.weights}) on {folder} ({len(images)} images), device {device}, "
