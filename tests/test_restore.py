@@ -318,3 +318,22 @@ def test_sample_image_is_deterministic_and_varied():
     assert a.std() > 30
     with pytest.raises(ValueError, match="size"):
         R.sample_image(4)
+
+
+def test_restore_equals_evaluate_protocol_with_official_weights(official_dir, data_root, monkeypatch):
+    """conversenet.restore on the protocol's noisy input gives exactly the uint8 image that
+    conversenet.evaluate produces (a 48 x 48 crop of Set12/01 keeps it fast)."""
+    from conversenet.data import add_awgn_np, read_image, to_float
+    from conversenet.evaluate import Protocol
+    from conversenet.evaluate import restore as eval_restore
+
+    monkeypatch.setenv("CONVERSENET_WEIGHTS_DIR", str(official_dir))
+    gt, _ = read_image(data_root / "testsets" / "set12" / "01.png")
+    gt = np.ascontiguousarray(gt[100:148, 60:108])
+    lq = add_awgn_np(to_float(gt), 25, seed=0)
+    lm = R.load_model("denoise", weights="official", device="cpu")
+    ref = eval_restore(lm.model, lq, Protocol("denoise", sigma=25))
+    from conversenet.data import from_float
+
+    ours = from_float(conversenet.restore(lq, task="denoise", weights="official", device="cpu"), 8)
+    assert np.array_equal(ours, ref)
