@@ -108,6 +108,7 @@ class LogConfig:
 @dataclass
 class DebugConfig:
     dump_grads_at_step: int = 0  # >0: rank 0 writes the (all-reduced) gradients of that step
+    iter_sleep_s: float = 0.0    # >0: sleep after every iteration (tests: a wide window to interrupt a run)
 
 
 @dataclass
@@ -331,6 +332,7 @@ def _semantic_checks(cfg: Config) -> None:
     if not g.kernel_types:
         raise ConfigError("degradation.kernel_types: expected at least one kernel type")
     pos("debug.dump_grads_at_step", cfg.debug.dump_grads_at_step, allow_zero=True)
+    pos("debug.iter_sleep_s", cfg.debug.iter_sleep_s, allow_zero=True)
     pos("threads", cfg.threads, allow_zero=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")

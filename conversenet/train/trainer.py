@@ -456,6 +456,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.iteration = it
+                if cfg.debug.iter_sleep_s:
+                    time.sleep(cfg.debug.iter_sleep_s)
                 win_loss += float(loss.detach())
                 win_n += 1
                 if bar is not None:
