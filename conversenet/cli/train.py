@@ -1,5 +1,10 @@
 """``conversenet train CONFIG.yaml [key=value ...] [--resume [CKPT]] [--out DIR]``.
 
+``conversenet train RUN/best.pth --export OUT.pth`` trains nothing: it writes the model
+weights of a training checkpoint (the EMA weights when the run kept them) as a plain
+float32 state dict, the format ``conversenet eval --weights OUT.pth`` and
+``create(name, pretrained=OUT.pth)`` read.
+
 Also under torchrun: ``torchrun --nproc_per_node=2 -m conversenet train CONFIG.yaml``.
 Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM after saving ``last.pth``, 2 on a
 configuration or input error (one line, no traceback).
@@ -15,13 +20,18 @@ def add_parser(sub) -> None:
         "train", help="train a model from a YAML config (configs/...), resumable, torchrun-aware",
         description="Train a model from a YAML config. Overrides are dotted KEY=VALUE pairs parsed as "
                     "YAML, e.g. preset=cpu train.total_iter=200 data.num_workers=0.")
-    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("config", help="YAML config file (see configs/); with --export, a training checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. preset=cpu")
     p.add_argument("--out", default=None, help="run folder (default: out_dir of the config, else runs/<name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue from OUT/last.pth (or the checkpoint given)")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
     p.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
+    p.add_argument("--export", default=None, metavar="OUT.pth",
+                   help="do not train: write the weights of the checkpoint given as CONFIG (e.g. RUN/best.pth) "
+                        "as a plain float32 state dict to OUT.pth")
+    p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
+                   help="with --export: take the raw model weights even if the run kept an EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     p.set_defaults(func=run)
 
@@ -33,6 +43,8 @@ def run(args) -> int:
     from ..train import ConfigError, config_to_dict, load_config, train
 
     path = Path(args.config)
+    if args.export is not None:
+        return _export(path, Path(args.export), args)
     if not path.is_file():
         raise CLIError(f"config file not found: {path}")
     try:
@@ -48,3 +60,32 @@ def run(args) -> int:
         return train(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         raise CLIError(str(e)) from None
+
+
+def _export(ckpt: Path, out: Path, args) -> int:
+    from . import CLIError
+    from ..train.checkpoint import export_weights, load_checkpoint
+
+    if args.overrides or args.resume or args.check:
+        raise CLIError("--export takes only a checkpoint and the output file (no overrides, --resume or --check)")
+    if out.suffix != ".pth":
+        raise CLIError(f"--export: the output must end in .pth, got {out}")
+    if not out.parent.is_dir():
+        raise CLIError(f"--export: folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"--export: {out} exists (use --overwrite)")
+    try:
+        if out.resolve() == ckpt.resolve():
+            raise CLIError("--export: the output would replace the checkpoint itself")
+        ema = False if args.ema is False else None
+        state = export_weights(ckpt, out, ema=ema)
+        ck = load_checkpoint(ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    n = sum(v.numel() for v in state.values() if v.is_floating_point())
+    which = "EMA" if (ema is None and ck.get("ema") is not None) else "model"
+    if not args.quiet:
+        print(f"wrote {out}: {ck.get('model_name')} {which} weights from iteration {ck.get('iteration')} "
+              f"(best val PSNR {float(ck.get('best_psnr', float('nan'))):.2f} dB @ {ck.get('best_iter')}), "
+              f"{len(state)} tensors, {n} values, {out.stat().st_size / 1e6:.2f} MB")
+    return 0

@@ -23,7 +23,7 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "write_text_atomic"]
+__all__ = ["save_atomic", "load_checkpoint", "export_weights", "rng_state", "set_rng_state", "write_text_atomic"]
 
 
 def _tmp_name(path: Path) -> Path:
@@ -82,6 +82,41 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != "conversenet-train":
         raise ValueError(f"{path} is not a conversenet training checkpoint")
     return ckpt
+
+
+def export_weights(checkpoint: Union[str, Path], out: Union[str, Path], ema: Union[bool, None] = None,
+                   dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    """Write the model weights of a training checkpoint as a plain state dict.
+
+    The result is what ``create(name, pretrained=PATH)``, ``conversenet eval --weights PATH``
+    and the built-in weights (``conversenet/weights/<name>.pth``) read: a flat
+    ``{parameter name: tensor}`` mapping, loadable with ``torch.load(weights_only=True)``
+    (a training checkpoint is not: it holds the optimizer and numpy RNG states).
+
+    Args:
+        checkpoint: a ``best.pth``/``last.pth`` written by the trainer.
+        out: the ``.pth`` file to write (atomically; its folder must exist).
+        ema: take the EMA weights (``True``), the raw model (``False``), or the EMA when the
+            run kept one (``None``).
+        dtype: floating tensors are cast to it (integer buffers are kept).
+
+    Returns:
+        The state dict written (tensors contiguous, on the CPU).
+
+    Raises:
+        FileNotFoundError / ValueError: the checkpoint is missing or not a training one,
+        or ``ema=True`` for a run without EMA.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    if ema is None:
+        ema = ckpt.get("ema") is not None
+    if ema and ckpt.get("ema") is None:
+        raise ValueError(f"ema: {checkpoint} holds no EMA weights (the run had train.ema_decay = 0)")
+    src = ckpt["ema"] if ema else ckpt["model"]
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+             for k, v in src.items()}
+    save_atomic(state, out)
+    return state
 
 
 def rng_state() -> Dict[str, Any]:
