@@ -47,7 +47,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
+from ._atomic import write_text_atomic
 from .data import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -507,19 +507,6 @@ def evaluate(
     return res
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(result: EvalResult, out_dir: Union[str, os.PathLike], stem: str = "results") -> Tuple[Path, Path]:
     """Writes ``<stem>.csv`` (one row per image, then the average) and ``<stem>.json``
     (protocol, meta, rows, averages) into ``out_dir``, each atomically."""
@@ -533,8 +520,8 @@ def write_results(result: EvalResult, out_dir: Union[str, os.PathLike], stem: st
     avg = {k: (f"{v:.6f}" if k != "time_s" else f"{v:.3f}") for k, v in result.averages.items() if k in cols}
     wr.writerow({"image": "average", **avg})
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    _atomic_write_text(csv_path, buf.getvalue())
+    write_text_atomic(buf.getvalue(), csv_path)
     doc = {"protocol": result.protocol.to_dict(), "protocol_text": result.protocol.describe(), **result.meta,
            "averages": result.averages, "images": result.rows}
-    _atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(json.dumps(doc, indent=2) + "\n", json_path)
     return csv_path, json_path

@@ -426,7 +426,7 @@ def run_degrade(args) -> int:
     import numpy as np
 
     from .. import restore as R
-    from ..data import from_float, gray_to_rgb, read_image, write_image
+    from ..data import from_float, read_image, write_image
     from ..evaluate import Protocol, degrade
 
     if args.sigma is not None and not (args.sigma >= 0):

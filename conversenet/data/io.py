@@ -37,13 +37,14 @@ round back), :func:`to_tensor` / :func:`to_image` (torch (C, H, W) or (1, C, H, 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Tuple, Union
+from typing import Iterable, Tuple, Union
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_open
 
 from . import _png16
 
@@ -267,27 +268,20 @@ def write_image(
     from PIL import Image
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=ext)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if sixteen and c > 1:
-                _png16.write_png16(f, np.ascontiguousarray(arr))
+    with atomic_open(dest, "wb") as f:
+        if sixteen and c > 1:
+            _png16.write_png16(f, np.ascontiguousarray(arr))
+        else:
+            pil_mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
+            data = arr[..., 0] if c == 1 else arr
+            if sixteen:
+                im = Image.fromarray(np.ascontiguousarray(data.astype(np.uint16)))  # mode I;16
             else:
-                pil_mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
-                data = arr[..., 0] if c == 1 else arr
-                if sixteen:
-                    im = Image.fromarray(np.ascontiguousarray(data.astype(np.uint16)))  # mode I;16
-                else:
-                    im = Image.fromarray(np.ascontiguousarray(data), mode=pil_mode) if c > 1 else Image.fromarray(
-                        np.ascontiguousarray(data)
-                    )
-                kwargs = {"quality": int(quality)} if fmt == "JPEG" else {}
-                im.save(f, format=fmt, **kwargs)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+                im = Image.fromarray(np.ascontiguousarray(data), mode=pil_mode) if c > 1 else Image.fromarray(
+                    np.ascontiguousarray(data)
+                )
+            kwargs = {"quality": int(quality)} if fmt == "JPEG" else {}
+            im.save(f, format=fmt, **kwargs)
 
 
 # --------------------------------------------------------------------------------------

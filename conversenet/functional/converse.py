@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..functional import converse as _fc
 

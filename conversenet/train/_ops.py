@@ -5,7 +5,6 @@ signatures change). All images are float tensors (C, H, W) in [0, 1]."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 

@@ -23,11 +23,16 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
+from .._atomic import atomic_open, write_text_atomic
+
 __all__ = ["save_atomic", "load_checkpoint", "export_weights", "rng_state", "set_rng_state", "write_text_atomic"]
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def save_atomic(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    _fsync_dir(Path(path).parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -41,33 +46,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def save_atomic(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def write_text_atomic(text: str, path: Union[str, Path]) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
