@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", required=True, help="registered model name (see `conversenet.models.list_models()`); "
                    "with --weights official a name without the '_official' suffix picks its official preset")
-    p.add_argument("--weights", default="official", help="'official' (the authors' checkpoint), a .pth file, "
-                   "or 'none' for random initialisation (default: official)")
+    p.add_argument("--weights", default="official", help="'official' (the authors' checkpoint), 'builtin' (the "
+                   "package's own weights), a .pth file, or 'none' for random initialisation (default: official)")
     p.add_argument("--dataset", required=True, help="set12, bsd68, cbsd68, set5, set14, bsd100 (under the data "
                    "root) or a folder of images")
     p.add_argument("--sigma", type=float, default=None, help="noise level in 0..255 units "
@@ -76,6 +76,8 @@ def _load_model(name: str, weights: str):
             return create(name, pretrained="official", weights_path=default_official_weights_dir())
         if weights.lower() == "none":
             return create(name).eval()
+        if weights == "builtin":  # conversenet/weights/<name>.pth shipped with the package
+            return create(name, pretrained="builtin")
         if not Path(weights).is_file():
             raise CLIError(f"weights file {weights!r} does not exist")
         return create(name, pretrained=weights)
