@@ -112,6 +112,12 @@ class DnCNN(nn.Module):
     Table 4 for grayscale (17 layers, width 64). The network predicts the noise and
     returns ``x - noise``.
 
+    Built-in weights: ``create("dncnn", pretrained="builtin")`` loads
+    ``conversenet/weights/dncnn.pth``, a grayscale sigma=25 DnCNN trained on this project's
+    CPU (2000 iterations, batch 16, 40x40 patches of train400; the paper trains 800k
+    iterations): Set12 28.68 dB / 0.8106, BSD68 27.95 dB / 0.7739 with the published protocol
+    (noisy input: 20.17 dB on Set12; paper's DnCNN: 30.43 / 29.23). See docs/TRAINING.md.
+
     Args:
         in_channels: 1 or 3.
         width: feature channels.
