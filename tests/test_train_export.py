@@ -88,3 +88,36 @@ def test_export_keeps_integer_buffers_and_refuses_missing_ema(tmp_path):
     net = create("dncnn", pretrained=out, width=4, depth=3)
     own = net.state_dict()
     assert set(own) == set(sd) and all(torch.equal(own[k], sd[k]) for k in sd)
+
+
+def test_snapshots_hold_the_weights_of_their_iteration(tmp_path):
+    """``train.snapshot_every``: plain weights of every N-th iteration, equal to what a run
+    stopped at that iteration holds (the same seed makes the two runs identical)."""
+    args = {"width": 4, "num_blocks": 1}
+    n = torch.get_num_threads()
+    try:
+        outs = {}
+        for total in (2, 4):
+            cfg = tiny_config(tmp_path / str(total), **{"model.name": "converse_dncnn", "model.args": args,
+                                                        "train.total_iter": total, "train.snapshot_every": 2,
+                                                        "train.milestones": [100],
+                                                        "train.checkpoint_every": 4, "train.val_every": 4})
+            outs[total] = tmp_path / str(total) / "run"
+            assert Trainer(config_from_dict(cfg), out_dir=outs[total], verbose=False).run() == 0
+    finally:
+        torch.set_num_threads(n)
+    snaps = sorted(p.name for p in (outs[4] / "snapshots").iterdir())
+    assert snaps == ["iter_0000002.pth", "iter_0000004.pth"]
+    for total, name in ((2, "iter_0000002.pth"), (4, "iter_0000004.pth")):
+        sd = torch.load(outs[4] / "snapshots" / name, map_location="cpu", weights_only=True)
+        ref = load_checkpoint(outs[total] / "last.pth")["model"]
+        assert set(sd) == set(ref)
+        assert all(torch.equal(sd[k], ref[k].float()) for k in ref)
+    create("converse_dncnn", pretrained=outs[4] / "snapshots" / "iter_0000002.pth", **args)
+
+
+def test_snapshot_every_must_not_be_negative(tmp_path):
+    from conversenet.train.config import ConfigError
+    import pytest
+    with pytest.raises(ConfigError, match="train.snapshot_every"):
+        config_from_dict(tiny_config(tmp_path, **{"train.snapshot_every": -1}))

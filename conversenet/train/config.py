@@ -95,6 +95,7 @@ class TrainConfig:
     ema_decay: float = 0.0       # 0: off; e.g. 0.999
     val_every: int = 5000
     checkpoint_every: int = 5000
+    snapshot_every: int = 0      # >0: also keep the weights of every N-th iteration (snapshots/iter_NNNNNNN.pth)
     log_every: int = 100
 
 
@@ -306,6 +307,7 @@ def _semantic_checks(cfg: Config) -> None:
     pos("train.val_every", t.val_every)
     pos("train.checkpoint_every", t.checkpoint_every)
     pos("train.log_every", t.log_every)
+    pos("train.snapshot_every", t.snapshot_every, allow_zero=True)
     pos("train.grad_clip", t.grad_clip, allow_zero=True)
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: expected 0 <= value < 1, got {t.ema_decay}")

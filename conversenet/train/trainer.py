@@ -310,6 +310,18 @@ class Trainer:
             "world_size": self.world,
         }
 
+    def _snapshot(self) -> None:
+        """Weights only (the EMA's when the run keeps one), as ``--export`` writes them:
+        ``snapshots/iter_NNNNNNN.pth``. Lets runs be compared at equal iterations."""
+        if self.rank != 0:
+            return
+        src = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+        state = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
+                 for k, v in src.items()}
+        folder = self.out / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_atomic(state, folder / f"iter_{self.iteration:07d}.pth")
+
     def _save(self, best: bool = False) -> None:
         if self.rank != 0:
             return
@@ -490,6 +502,8 @@ class Trainer:
 
                 stop = torch.tensor([1.0 if self._stop_signal is not None else 0.0])
                 stop = self._all_reduce(stop, dist.ReduceOp.MAX if self.distributed else None)
+                if t.snapshot_every and it % t.snapshot_every == 0:
+                    self._snapshot()
                 if it % t.checkpoint_every == 0 or it == t.total_iter or is_best or stop.item() > 0:
                     self._save(best=is_best)
                     self._barrier()
