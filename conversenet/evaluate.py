@@ -460,22 +460,24 @@ def evaluate_arrays(
     rows: List[Dict] = []
     out_dir = Path(out_dir) if out_dir is not None else None
     bar = tqdm(images, desc="eval", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
-    for name, gt in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        g, lq = degrade(gt, protocol)
-        out = restore(model, lq, protocol, device)
-        dt = time.perf_counter() - t0
-        row = {"image": name, **measure(out, g, protocol), "height": int(g.shape[0]), "width": int(g.shape[1]),
-               "time_s": round(dt, 3)}
-        if out_dir is not None and save_images:
-            _write_png(out_dir / "restored" / f"{name}.png", out, protect)
-        if out_dir is not None and compare:
-            _write_png(out_dir / "compare" / f"{name}.png", comparison_image(lq, out, g), protect)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    bar.close()
+    try:  # the bar is cleared on an interrupt too (Ctrl-C), before the caller prints its message
+        for name, gt in bar:
+            bar.set_postfix_str(name)
+            t0 = time.perf_counter()
+            g, lq = degrade(gt, protocol)
+            out = restore(model, lq, protocol, device)
+            dt = time.perf_counter() - t0
+            row = {"image": name, **measure(out, g, protocol), "height": int(g.shape[0]),
+                   "width": int(g.shape[1]), "time_s": round(dt, 3)}
+            if out_dir is not None and save_images:
+                _write_png(out_dir / "restored" / f"{name}.png", out, protect)
+            if out_dir is not None and compare:
+                _write_png(out_dir / "compare" / f"{name}.png", comparison_image(lq, out, g), protect)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    finally:
+        bar.close()
     return EvalResult(rows, summarize(rows), protocol)
 
 

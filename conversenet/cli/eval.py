@@ -9,11 +9,17 @@ Example::
 The model's task picks the protocol (see :mod:`conversenet.evaluate`). Outputs go to
 ``--out`` (default ``results/<model>_<dataset>[_<kernel>]``): ``restored/*.png``,
 ``compare/*.png`` (with ``--compare``), ``results.csv`` and ``results.json``.
+
+Ctrl-C (SIGINT) stops a run after the current network call with exit code 130 and one
+line on stderr; ``results.csv``/``results.json`` then hold the images finished so far
+(``"complete": false, "interrupted": true``), written atomically.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +111,40 @@ def _fmt_row(name: str, r: dict, y: bool, width: int) -> str:
 
 
 def run(args) -> int:
+    """Entry point of ``conversenet eval``; see :func:`_run`. Installs Python's KeyboardInterrupt
+    handler for SIGINT while it runs: a shell without job control (a script's ``cmd &``) starts
+    background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN, so without this
+    ``kill -INT`` / Ctrl-C had no effect on such a run (``conversenet train`` installs its own handler)."""
+    state: dict = {}
+    prev = None
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run(args, state)
+    except KeyboardInterrupt:
+        return _interrupted(state)
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
+
+
+def _interrupted(state: dict) -> int:
+    """Writes the rows finished before the interrupt (if any) and prints one line; returns 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short write
+    write = state.get("write_partial")
+    rows = state.get("rows") or []
+    if write is None or not rows:
+        print("conversenet eval: interrupted before the first image was finished; no results written",
+              file=sys.stderr)
+        return 130
+    _, json_path = write(interrupted=True)
+    print(f"conversenet eval: interrupted after {len(rows)} of {state['total']} images; "
+          f"partial results: {json_path}", file=sys.stderr)
+    return 130
+
+
+def _run(args, state: dict) -> int:
     import torch
 
     from .. import evaluate as ev
@@ -156,15 +196,22 @@ def run(args) -> int:
 
     rows = []
 
+    def write_partial(interrupted=False):
+        meta = {"model": name, "weights": args.weights, "dataset": args.dataset, "complete": False,
+                "images_total": len(images)}
+        if interrupted:
+            meta["interrupted"] = True
+        return ev.write_results(ev.EvalResult(list(rows), ev.summarize(rows), proto, meta), out)
+
+    state.update(rows=rows, total=len(images), write_partial=write_partial)
+
     def on_row(r):
+        # the row is kept first: an interrupt during the print or the write below still saves it
+        rows.append(r)
         tqdm.write(_fmt_row(r["image"], r, y, width))
         sys.stdout.flush()
-        # partial results after every image, so that an interrupted long run keeps its numbers
-        rows.append(r)
-        part = ev.EvalResult(list(rows), ev.summarize(rows), proto,
-                             {"model": name, "weights": args.weights, "dataset": args.dataset, "complete": False,
-                              "images_total": len(images)})
-        ev.write_results(part, out)
+        # partial results after every image, so that a killed long run keeps its numbers
+        write_partial()
 
     t0 = time.perf_counter()
     try:
