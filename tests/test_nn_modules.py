@@ -290,3 +290,51 @@ def test_block_loads_official_dncnn_block(official_dir):
     block.load_state_dict(sub, strict=True)
     x = torch.randn(1, 64, 12, 12)
     assert torch.isfinite(block(x)).all()
+
+
+# ---------------------------------------------------------------- fused LayerNorm -> 1x1 conv
+def test_layer_norm_pointwise_equals_layernorm_then_conv_float64(device):
+    """The no-autograd fast path of ConverseBlock: conv(LN(x)) with the LN affine folded into
+    the 1x1 conv, checked against the float64 LN formula written independently."""
+    from conversenet.nn.converse import layer_norm_pointwise
+    g = torch.Generator().manual_seed(3)
+    c, o = 6, 11
+    norm = LayerNorm2d(c, eps=1e-3).double().to(device)
+    conv = torch.nn.Conv2d(c, o, 1).double().to(device)
+    with torch.no_grad():
+        for p in list(norm.parameters()) + list(conv.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    # a large common offset: a one-pass variance (E[x^2] - mu^2) would lose digits here
+    x = (torch.randn(2, c, 7, 9, generator=g, dtype=torch.float64) * 0.1 + 1e3).to(device)
+    ln = layernorm2d(x.cpu().numpy(), norm.weight.detach().cpu().numpy(), norm.bias.detach().cpu().numpy(), 1e-3)
+    ref = np.einsum("oc,nchw->nohw", conv.weight.detach().cpu().numpy()[:, :, 0, 0], ln)
+    ref = torch.from_numpy(ref + conv.bias.detach().cpu().numpy()[None, :, None, None]).to(device)
+    with torch.no_grad():
+        out = layer_norm_pointwise(x, norm, conv)
+    assert out.shape == (2, o, 7, 9)
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_layer_norm_pointwise_falls_back_for_other_convs():
+    from conversenet.nn.converse import layer_norm_pointwise
+    norm, conv = LayerNorm2d(4), torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(layer_norm_pointwise(x, norm, conv), conv(norm(x)))
+
+
+@pytest.mark.parametrize("spatial", ["converse", "conv"])
+def test_block_fast_path_without_autograd_matches_autograd_path(spatial):
+    g = torch.Generator().manual_seed(4)
+    block = ConverseBlock(8, kernel_size=3, residual_scale=True, spatial=spatial).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    x = torch.randn(2, 8, 10, 12, generator=g, dtype=torch.float64)
+    ref = block(x.clone().requires_grad_()).detach()   # autograd: the plain module sequence
+    with torch.no_grad():
+        fast = block(x)
+    with torch.inference_mode():
+        fast2 = block(x)
+    assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(fast2, ref, rtol=1e-10, atol=1e-10)

@@ -407,6 +407,7 @@ def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
 # without autograd, channels are solved in groups of about this many output elements, so
 # that the padded input, its spectrum and the FFT work space exist for one group at a time
 _CHUNK_ELEMS = 1 << 20
+_CHUNK_ELEMS_GPU = 1 << 28
 
 
 def _converse_chunked(
@@ -420,7 +421,9 @@ def _converse_chunked(
     """
     n, c, h, w = y.shape
     hp, wp = size
-    step = max(1, _CHUNK_ELEMS // (n * s * s * hp * wp))
+    # GPUs: one group (many small groups would be launch-bound; memory is plentiful there)
+    budget = _CHUNK_ELEMS if y.device.type == "cpu" else _CHUNK_ELEMS_GPU
+    step = max(1, budget // (n * s * s * hp * wp))
 
     def solve(sl: slice) -> torch.Tensor:
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
@@ -580,15 +583,17 @@ def converse2d(
             x0p = _pad4(x0_tensor.to(compute), tuple(scale * p for p in pads), padding_mode)
             out = _crop(_solve_with_x0(yp, k, lam_c, scale, x0p), pads, scale, h, w)
         else:
-            g = filter if filter is not None else converse_filter(k, lam_c, (hp, wp), scale, x0)
             if filter is None and not _tracks_grad(y, k, lam_c):
+                # the filter is built group by group inside: never the whole of it at once
                 out = _converse_chunked(y, k, lam_c, pads, padding_mode, scale, x0, (hp, wp))
-            elif not _tracks_grad(y, g):
-                out = _converse_chunked(y, g, None, pads, padding_mode, scale, x0, (hp, wp))
-            elif scale == 1:
-                out = _ConverseS1.apply(y, g, pads, padding_mode)
             else:
-                out = _crop(_apply_filter(_pad4(y, pads, padding_mode), g, scale), pads, scale, h, w)
+                g = filter if filter is not None else converse_filter(k, lam_c, (hp, wp), scale, x0)
+                if not _tracks_grad(y, g):
+                    out = _converse_chunked(y, g, None, pads, padding_mode, scale, x0, (hp, wp))
+                elif scale == 1:
+                    out = _ConverseS1.apply(y, g, pads, padding_mode)
+                else:
+                    out = _crop(_apply_filter(_pad4(y, pads, padding_mode), g, scale), pads, scale, h, w)
     return out.to(out_dtype)
 
 
