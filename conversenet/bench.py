@@ -52,6 +52,7 @@ from ._atomic import write_text_atomic
 __all__ = [
     "baseline_converse2d",
     "baseline_operator",
+    "floor_operator",
     "ROWS",
     "Result",
     "run_bench",
@@ -159,6 +160,41 @@ def baseline_operator() -> Iterator[None]:
         if self.x0 != "interp":
             raise ValueError("the baseline operator supports x0='interp' only")
         return baseline_converse2d(x, weight, self.lam, self.scale, self.padding, self.padding_mode)
+
+    Converse2d.forward = forward
+    try:
+        yield
+    finally:
+        Converse2d.forward = original
+
+
+@contextlib.contextmanager
+def floor_operator() -> Iterator[None]:
+    """Within this context every :class:`~conversenet.nn.Converse2d` does only the FFT work
+    any exact implementation at the same FFT size must do: pad, ``rfft2`` and ``irfft2`` of a
+    tensor of the padded output size, crop (for s > 1 the padded input is first enlarged by
+    nearest interpolation). Its output is not the operator's; run inside a network it gives
+    the network's floor: the time left when Converse2D costs one FFT round trip.
+
+    Example:
+        >>> import torch
+        >>> from conversenet.nn import Converse2d
+        >>> layer = Converse2d(2, 3, scale=2, padding=2).eval()
+        >>> with floor_operator():
+        ...     layer(torch.randn(1, 2, 8, 8)).shape
+        torch.Size([1, 2, 16, 16])
+    """
+    from .nn.converse import Converse2d
+
+    original = Converse2d.forward
+
+    def forward(self, x, kernel=None):  # noqa: ARG001
+        s, p = self.scale, self.padding
+        xp = F.pad(x, (p,) * 4, mode=self.padding_mode) if p else x
+        if s > 1:
+            xp = F.interpolate(xp, scale_factor=s, mode="nearest")
+        out = torch.fft.irfft2(torch.fft.rfft2(xp), s=xp.shape[-2:])
+        return out[..., s * p: s * p + s * x.shape[-2], s * p: s * p + s * x.shape[-1]]
 
     Converse2d.forward = forward
     try:
@@ -420,12 +456,12 @@ def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=g, dtype=dtype).to(device)
 
-    def make(baseline):
+    def make(operator=None):
         def build():
             m = _create_model(name, dtype, device).eval()
 
             def f():
-                ctx = baseline_operator() if baseline else contextlib.nullcontext()
+                ctx = operator() if operator is not None else contextlib.nullcontext()
                 with ctx, torch.no_grad():
                     return m(x)
             return f
@@ -445,9 +481,10 @@ def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
         return f
 
     return [
-        _Impl(f"{name}, baseline operator", "baseline", make(True)),
-        _Impl(f"{name}, converse2d", "ours", make(False)),
+        _Impl(f"{name}, baseline operator", "baseline", make(baseline_operator)),
+        _Impl(f"{name}, converse2d", "ours", make()),
         _Impl(f"{name}, converse2d fft_size='fast' (opt-in)", "ours", make_fast),
+        _Impl(f"{name}, floor: Converse2d = pad+rfft2+irfft2+crop", "floor", make(floor_operator)),
     ]
 
 

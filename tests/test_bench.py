@@ -1,0 +1,86 @@
+"""`conversenet bench`: the baseline is the paper's Algorithm 1 (checked against dense solves
+written independently), the floor operator keeps shapes, and the command's tables, JSON and
+errors hold together. Timings themselves are never asserted (no wall-clock limits)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from _reference import dense_converse
+from conversenet import bench
+from conversenet.nn import Converse2d
+
+
+@pytest.mark.parametrize("scale,padding,mode", [(1, 0, "circular"), (1, 2, "circular"), (2, 2, "replicate"),
+                                                (3, 1, "reflect")])
+def test_baseline_algorithm1_equals_dense_solve(scale, padding, mode):
+    g = torch.Generator().manual_seed(scale * 10 + padding)
+    y = torch.randn(1, 2, 6, 5, generator=g, dtype=torch.float64)
+    k = torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64)
+    lam = 0.05
+    out = bench.baseline_converse2d(y, k, lam, scale, padding, mode)
+    ref = dense_converse(y.numpy(), k.numpy(), np.full((1, 2), lam), scale, padding, mode)
+    assert out.shape == (1, 2, 6 * scale, 5 * scale)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_operator_contexts_swap_and_restore_forward():
+    layer = Converse2d(3, 3, scale=2, padding=2).double().eval()
+    y = torch.randn(1, 3, 7, 6, dtype=torch.float64)
+    ours = layer(y)
+    with bench.baseline_operator():
+        base = layer(y)
+    with bench.floor_operator():
+        floor = layer(y)
+    assert torch.allclose(base, ours, atol=1e-9)
+    assert floor.shape == ours.shape and not torch.allclose(floor, ours)
+    assert torch.equal(layer(y), ours)  # restored after both contexts
+
+
+def _args(**kw):
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    a = p.parse_args([])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"rows": "nope"}, "--rows"), ({"rows": ""}, "--rows"), ({"threads": 0}, "--threads"),
+    ({"repeat": 0}, "--repeat"), ({"device": "tpu"}, "--device"),
+])
+def test_bad_arguments_are_named(kw, match):
+    with pytest.raises(bench.BenchError, match=match):
+        bench.run_from_args(_args(**kw))
+
+
+def test_up_row_runs_and_reports_consistent_ratios(tmp_path, capsys):
+    n = torch.get_num_threads()
+    try:
+        rc = bench.run_from_args(_args(rows="up", threads=1, repeat=1, warmup=1, budget=1.0, quiet=True,
+                                       json=str(tmp_path / "b.json"), markdown=str(tmp_path / "b.md")))
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    table = capsys.readouterr().out
+    data = json.loads((tmp_path / "b.json").read_text())
+    res = data["results"]
+    kinds = [r["kind"] for r in res]
+    assert kinds.count("baseline") == 1 and kinds.count("floor") == 1 and "ours" in kinds
+    base = next(r for r in res if r["kind"] == "baseline")
+    floor = next(r for r in res if r["kind"] == "floor")
+    for r in res:
+        assert r["median_s"] > 0 and len(r["times_s"]) >= 1
+        assert math.isclose(r["speedup"], base["median_s"] / r["median_s"], rel_tol=1e-9)
+        if r["kind"] == "ours":
+            assert math.isclose(r["vs_floor"], r["median_s"] / floor["median_s"], rel_tol=1e-9)
+        assert r["impl"] in table
+    md = (tmp_path / "b.md").read_text()
+    assert "## Machine" in md and "| implementation |" in md
