@@ -338,3 +338,35 @@ def test_block_fast_path_without_autograd_matches_autograd_path(spatial):
         fast2 = block(x)
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-10)
     assert torch.allclose(fast2, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_block_no_grad_path_never_writes_inputs_or_earlier_outputs(monkeypatch):
+    """The inference path reuses workspace buffers: its input and the outputs it returned
+    earlier must stay intact while later blocks run (the workspace threshold is lowered so
+    that these small tensors go through it)."""
+    from conversenet.nn import converse as nc
+    monkeypatch.setattr(nc, "_WORKSPACE_MIN_ELEMS", 1)
+    g = torch.Generator().manual_seed(5)
+    blocks = torch.nn.Sequential(*[ConverseBlock(4, kernel_size=3, residual_scale=True) for _ in range(3)]).double()
+    with torch.no_grad():
+        for p in blocks.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    x = torch.randn(2, 4, 9, 8, generator=g, dtype=torch.float64)
+    x_copy = x.clone()
+    refs = []
+    h = x.clone().requires_grad_()
+    for b in blocks:
+        h = b(h)
+        refs.append(h.detach().clone())
+    outs = []
+    with torch.no_grad():
+        h = x
+        for b in blocks:
+            h = b(h)
+            outs.append(h)
+    assert torch.equal(x, x_copy)
+    for o, r in zip(outs, refs):
+        assert torch.allclose(o, r, rtol=1e-10, atol=1e-10)
+    assert nc._WORKSPACE.bufs  # the buffers were used ...
+    nc.clear_workspace()
+    assert not nc._WORKSPACE.bufs  # ... and can be freed

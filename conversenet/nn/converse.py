@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Optional, Tuple, Union
 
 import torch
@@ -221,7 +223,45 @@ class LayerNorm2d(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d) -> torch.Tensor:
+def _is_pointwise(conv: nn.Module, c: int) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.weight.shape[1:] == (c, 1, 1) and conv.groups == 1
+            and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
+
+
+class _Workspace(threading.local):
+    """Reusable CPU buffers of the no-grad block path, one set per thread, shared by all
+    blocks (they run one after another). Fresh multi-megabyte tensors cost page faults on
+    every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
+    about as much as the matrix product that fills them. Only temporaries that never leave
+    a block live here."""
+
+    def __init__(self) -> None:
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        b = self.bufs.get(name)
+        if b is None or b.shape != shape or b.dtype != like.dtype or b.device != like.device:
+            b = self.bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return b
+
+
+_WORKSPACE = _Workspace()
+_WORKSPACE_MIN_ELEMS = 1 << 18  # smaller tensors come and go through the allocator as usual
+
+
+def clear_workspace() -> None:
+    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's)."""
+    _WORKSPACE.bufs.clear()
+
+
+def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    if like.device.type != "cpu" or math.prod(shape) < _WORKSPACE_MIN_ELEMS:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)  # GPUs cache blocks already
+    return _WORKSPACE.get(name, shape, like)
+
+
+def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d,
+                         out: Optional[torch.Tensor] = None, work: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``conv(norm(x))`` for a 1x1 ``conv``, computed as one matrix product (no autograd use).
 
     With per-pixel mean ``mu`` and ``r = 1/sqrt(var + eps)`` over channels,
@@ -234,27 +274,30 @@ def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d) ->
         x: (N, C, H, W).
         norm: the :class:`LayerNorm2d` over C channels.
         conv: a 1x1 ``nn.Conv2d`` from C to O channels (stride 1, no groups, no padding).
+        out: optional contiguous (N, O, H*W) buffer for the result.
+        work: optional contiguous (N, C, H*W) scratch buffer.
 
     Returns:
         (N, O, H, W), equal to ``conv(norm(x))`` up to float rounding.
     """
     n, c, h, w = x.shape
-    weight = conv.weight
-    o = weight.shape[0]
-    if weight.shape[1:] != (c, 1, 1) or conv.groups != 1 or conv.stride != (1, 1):
+    if not _is_pointwise(conv, c):
         return conv(norm(x))
-    w2 = weight.reshape(o, c).to(x.dtype)
+    o = conv.weight.shape[0]
+    w2 = conv.weight.reshape(o, c).to(x.dtype)
     w_fold = w2 * norm.weight.to(x.dtype)
     b_fold = w2 @ norm.bias.to(x.dtype)
     if conv.bias is not None:
         b_fold = b_fold + conv.bias.to(x.dtype)
     xs = x.reshape(n, c, h * w)
     avg = x.new_full((1, c), 1.0 / c)
-    d = xs - torch.matmul(avg, xs)                         # x - mu, (N, C, HW)
-    y = torch.matmul(w_fold, d)                            # (N, O, HW)
+    d = torch.sub(xs, torch.matmul(avg, xs), out=work) if work is not None else xs - torch.matmul(avg, xs)
+    y = out if out is not None else x.new_empty(n, o, h * w)
+    for i in range(n):
+        torch.mm(w_fold, d[i], out=y[i])                   # (O, HW)
     var = torch.matmul(avg, d.square_())                   # two-pass variance, (N, 1, HW)
     r = var.add_(norm.eps).rsqrt_()
-    return torch.addcmul(b_fold[:, None], y, r).reshape(n, o, h, w)
+    return y.mul_(r).add_(b_fold[:, None]).reshape(n, o, h, w)
 
 
 def _spatial_op(
@@ -332,18 +375,44 @@ class ConverseBlock(nn.Module):
             self.alpha1 = self.alpha2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.dim() == 4:
+            return self._forward_no_grad(x)
         if self.alpha1 is None:
-            x = x + self._branch(self.conv1, x)
-            return x + self._branch(self.conv2, x)
-        x = x + self.alpha1 * self._branch(self.conv1, x)
-        return x + self.alpha2 * self._branch(self.conv2, x)
+            x = x + self.conv1(x)
+            return x + self.conv2(x)
+        x = x + self.alpha1 * self.conv1(x)
+        return x + self.alpha2 * self.conv2(x)
 
-    @staticmethod
-    def _branch(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        """``seq(x)``; without autograd, its leading LayerNorm and 1x1 conv run fused."""
-        if torch.is_grad_enabled() or x.dim() != 4:
-            return seq(x)
-        h = layer_norm_pointwise(x, seq[0], seq[1])
-        for m in list(seq)[2:]:
-            h = m(h)
-        return h
+    def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the same arithmetic with fewer memory passes and fresh buffers (which
+        dominate at large images on CPUs). Per branch: LayerNorm and the first 1x1 conv are
+        one matrix product; GELUs run in place; the last 1x1 conv accumulates onto
+        ``x + alpha * bias`` (residual, bias and alpha folded into one product). ``x`` is
+        never written; temporaries come from a reused workspace."""
+        n, c, hgt, wid = x.shape
+        hw = hgt * wid
+        for j, (seq, alpha) in enumerate(((self.conv1, self.alpha1), (self.conv2, self.alpha2))):
+            first, last = seq[1], seq[-1]
+            if not (_is_pointwise(first, c) and _is_pointwise(last, last.weight.shape[1])
+                    and last.weight.shape[0] == c):
+                h = seq(x)
+                x = x + (h if alpha is None else alpha * h)
+                continue
+            o = first.weight.shape[0]
+            h = layer_norm_pointwise(x, seq[0], first, out=_buffer("hidden", (n, o, hw), x),
+                                     work=_buffer("work", (n, c, hw), x))
+            for m in list(seq)[2:-1]:
+                h = torch.ops.aten.gelu_(h) if type(m) is nn.GELU and m.approximate == "none" else m(h)
+            w_last = last.weight.reshape(c, -1).to(x.dtype)
+            b_last = last.bias.to(x.dtype) if last.bias is not None else x.new_zeros(c)
+            if alpha is not None:
+                a = alpha.reshape(c).to(x.dtype)
+                w_last, b_last = w_last * a[:, None], b_last * a
+            # the first branch's sum stays inside the block; the second is the block's output
+            res = _buffer("residual", (n, c, hw), x) if j == 0 else x.new_empty(n, c, hw)
+            torch.add(x.reshape(n, c, hw), b_last[:, None], out=res)
+            hs = h.reshape(n, -1, hw)
+            for i in range(n):
+                res[i].addmm_(w_last, hs[i])
+            x = res.reshape(n, c, hgt, wid)
+        return x
