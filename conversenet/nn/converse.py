@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..functional import converse as _fc
 
-__all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS"]
+__all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
 
 KERNEL_INITS = ("gaussian_softmax", "gaussian", "uniform")
 SPATIAL_OPS = ("converse", "conv", "convt")
