@@ -359,7 +359,7 @@ class _ConverseS1(torch.autograd.Function):
     def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
         yp = _pad4(y, pads, mode)
         size = yp.shape[-2:]
-        fy = torch.fft.rfft2(yp)
+        fy = _rfft2(yp)
         del yp
         need_g = ctx.needs_input_grad[1]
         z = fy * g if need_g else fy.mul_(g)
@@ -376,7 +376,7 @@ class _ConverseS1(torch.autograd.Function):
         fy, g = ctx.saved_tensors
         h, w = ctx.size
         left, right, top, bottom = ctx.pads
-        gs = torch.fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
+        gs = _rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
         grad_y = grad_g = None
         if ctx.needs_input_grad[1]:
             gz = gs * fy.conj()
@@ -394,12 +394,21 @@ class _ConverseS1(torch.autograd.Function):
         return grad_y, grad_g, None, None
 
 
+def _rfft2(x: torch.Tensor) -> torch.Tensor:
+    """``torch.fft.rfft2(x)``. On CPUs as a real FFT over W, then a complex one over H: the
+    same transform (bit-identical with MKL here) that spreads over threads much better
+    (about 1.5x faster at 2 threads for 524x524 planes)."""
+    if x.device.type != "cpu":
+        return torch.fft.rfft2(x)
+    return torch.fft.fft(torch.fft.rfft(x, dim=-1), dim=-2)
+
+
 def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
     """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts)."""
     h, w = yp.shape[-2:]
     big = (s * h, s * w)
     if s == 1:
-        fy = torch.fft.rfft2(yp)
+        fy = _rfft2(yp)
         return torch.fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), s=big)
     return torch.fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), s=big)
 
@@ -424,6 +433,9 @@ def _converse_chunked(
     # GPUs: one group (many small groups would be launch-bound; memory is plentiful there)
     budget = _CHUNK_ELEMS if y.device.type == "cpu" else _CHUNK_ELEMS_GPU
     step = max(1, budget // (n * s * s * hp * wp))
+    threads = torch.get_num_threads()
+    if y.device.type == "cpu" and step < c and step >= threads:  # whole FFT batches per thread
+        step = -(-step // threads) * threads
 
     def solve(sl: slice) -> torch.Tensor:
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
