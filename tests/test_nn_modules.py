@@ -370,3 +370,24 @@ def test_block_no_grad_path_never_writes_inputs_or_earlier_outputs(monkeypatch):
     assert nc._WORKSPACE.bufs  # the buffers were used ...
     nc.clear_workspace()
     assert not nc._WORKSPACE.bufs  # ... and can be freed
+
+
+def test_block_with_hooks_inside_runs_layer_by_layer():
+    """Forward hooks on the block's layers see the tensors of a plain layer-by-layer run, also
+    without autograd (the fused inference path reuses and overwrites such tensors)."""
+    g = torch.Generator().manual_seed(6)
+    blocks = torch.nn.Sequential(*[ConverseBlock(4, kernel_size=3) for _ in range(2)]).double()
+    x = torch.randn(1, 4, 9, 8, generator=g, dtype=torch.float64)
+    seen = []
+    layer = blocks[0].conv1[3]
+    h = layer.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    try:
+        with torch.no_grad():
+            blocks(x)
+    finally:
+        h.remove()
+    (y, out), = seen
+    with torch.no_grad():
+        y_ref = blocks[0].conv1[:3](x)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert torch.allclose(out, layer(y_ref), atol=1e-12)

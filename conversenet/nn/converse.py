@@ -375,13 +375,21 @@ class ConverseBlock(nn.Module):
             self.alpha1 = self.alpha2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and x.dim() == 4:
+        if not torch.is_grad_enabled() and x.dim() == 4 and not self._submodule_hooks():
             return self._forward_no_grad(x)
         if self.alpha1 is None:
             x = x + self.conv1(x)
             return x + self.conv2(x)
         x = x + self.alpha1 * self.conv1(x)
         return x + self.alpha2 * self.conv2(x)
+
+    def _submodule_hooks(self) -> bool:
+        """Hooks on the layers inside see their tensors; the fused path neither calls those
+        layers one by one nor keeps their tensors intact (workspace, in-place GELU)."""
+        from torch.nn.modules import module as _m
+        if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
 
     def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: the same arithmetic with fewer memory passes and fresh buffers (which
