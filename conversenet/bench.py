@@ -135,6 +135,19 @@ def baseline_converse2d(
 
 
 @contextlib.contextmanager
+def _converse_forward(forward: Callable) -> Iterator[None]:
+    """Every :class:`~conversenet.nn.Converse2d` runs ``forward`` inside; restored after."""
+    from .nn.converse import Converse2d
+
+    original = Converse2d.forward
+    Converse2d.forward = forward
+    try:
+        yield
+    finally:
+        Converse2d.forward = original
+
+
+@contextlib.contextmanager
 def baseline_operator() -> Iterator[None]:
     """Within this context every :class:`~conversenet.nn.Converse2d` runs :func:`baseline_converse2d`.
 
@@ -151,21 +164,14 @@ def baseline_operator() -> Iterator[None]:
         >>> bool(torch.allclose(layer(y), ref, atol=1e-6))
         True
     """
-    from .nn.converse import Converse2d
-
-    original = Converse2d.forward
-
     def forward(self, x, kernel=None):
         weight = self.weight if kernel is None else kernel
         if self.x0 != "interp":
             raise ValueError("the baseline operator supports x0='interp' only")
         return baseline_converse2d(x, weight, self.lam, self.scale, self.padding, self.padding_mode)
 
-    Converse2d.forward = forward
-    try:
+    with _converse_forward(forward):
         yield
-    finally:
-        Converse2d.forward = original
 
 
 @contextlib.contextmanager
@@ -184,10 +190,6 @@ def floor_operator() -> Iterator[None]:
         ...     layer(torch.randn(1, 2, 8, 8)).shape
         torch.Size([1, 2, 16, 16])
     """
-    from .nn.converse import Converse2d
-
-    original = Converse2d.forward
-
     def forward(self, x, kernel=None):  # noqa: ARG001
         s, p = self.scale, self.padding
         xp = F.pad(x, (p,) * 4, mode=self.padding_mode) if p else x
@@ -196,11 +198,8 @@ def floor_operator() -> Iterator[None]:
         out = torch.fft.irfft2(torch.fft.rfft2(xp), s=xp.shape[-2:])
         return out[..., s * p: s * p + s * x.shape[-2], s * p: s * p + s * x.shape[-1]]
 
-    Converse2d.forward = forward
-    try:
+    with _converse_forward(forward):
         yield
-    finally:
-        Converse2d.forward = original
 
 
 # --------------------------------------------------------------------------------------

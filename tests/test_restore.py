@@ -2,7 +2,6 @@
 kernels, weights resolution (sidecars, built-in folder, auto fallback), sample scene."""
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -25,7 +25,7 @@ import torch
 
 from .._atomic import atomic_open, write_text_atomic
 
-__all__ = ["save_atomic", "load_checkpoint", "export_weights", "rng_state", "set_rng_state", "write_text_atomic"]
+__all__ = ["save_atomic", "load_checkpoint", "export_weights", "plain_state_dict", "rng_state", "set_rng_state", "write_text_atomic"]
 
 
 def save_atomic(obj: Any, path: Union[str, Path]) -> None:
@@ -90,11 +90,15 @@ def export_weights(checkpoint: Union[str, Path], out: Union[str, Path], ema: Uni
         ema = ckpt.get("ema") is not None
     if ema and ckpt.get("ema") is None:
         raise ValueError(f"ema: {checkpoint} holds no EMA weights (the run had train.ema_decay = 0)")
-    src = ckpt["ema"] if ema else ckpt["model"]
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
-             for k, v in src.items()}
+    state = plain_state_dict(ckpt["ema"] if ema else ckpt["model"], dtype)
     save_atomic(state, out)
     return state
+
+
+def plain_state_dict(src: Dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies; floating tensors cast to ``dtype``, integer buffers kept."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+            for k, v in src.items()}
 
 
 def rng_state() -> Dict[str, Any]:

@@ -50,8 +50,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import _ops
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state, write_text_atomic
-from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .checkpoint import load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
+from .config import Config, ConfigError, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
                    worker_init)
 
@@ -315,9 +315,7 @@ class Trainer:
         ``snapshots/iter_NNNNNNN.pth``. Lets runs be compared at equal iterations."""
         if self.rank != 0:
             return
-        src = self.ema.state_dict() if self.ema is not None else self.model.state_dict()
-        state = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
-                 for k, v in src.items()}
+        state = plain_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
         folder = self.out / "snapshots"
         folder.mkdir(parents=True, exist_ok=True)
         save_atomic(state, folder / f"iter_{self.iteration:07d}.pth")
