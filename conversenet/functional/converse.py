@@ -28,6 +28,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from . import _fft
+
 __all__ = [
     "converse2d",
     "conv_down",
@@ -359,14 +361,14 @@ class _ConverseS1(torch.autograd.Function):
     def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
         yp = _pad4(y, pads, mode)
         size = yp.shape[-2:]
-        fy = _rfft2(yp)
+        fy = _fft.rfft2(yp)
         del yp
         need_g = ctx.needs_input_grad[1]
         z = fy * g if need_g else fy.mul_(g)
         ctx.pads, ctx.mode, ctx.y_shape, ctx.size = pads, mode, y.shape, tuple(size)
         ctx.g_batch = g.shape[0]
         ctx.save_for_backward(fy if need_g else None, g)
-        out = torch.fft.irfft2(z, s=size)
+        out = _fft.irfft2(z, size)
         del z
         return _crop(out, pads, 1, *y.shape[-2:])
 
@@ -376,7 +378,7 @@ class _ConverseS1(torch.autograd.Function):
         fy, g = ctx.saved_tensors
         h, w = ctx.size
         left, right, top, bottom = ctx.pads
-        gs = _rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
+        gs = _fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
         grad_y = grad_g = None
         if ctx.needs_input_grad[1]:
             gz = gs * fy.conj()
@@ -388,31 +390,22 @@ class _ConverseS1(torch.autograd.Function):
                 gz = gz.sum(0, keepdim=True)
             grad_g = gz
         if ctx.needs_input_grad[0]:
-            gyp = torch.fft.irfft2(gs.mul_(g.conj()), s=(h, w))
+            gyp = _fft.irfft2(gs.mul_(g.conj()), (h, w))
             del gs
             grad_y = _pad_adjoint(gyp, ctx.pads, ctx.mode, ctx.y_shape)
         return grad_y, grad_g, None, None
 
 
-def _rfft2(x: torch.Tensor) -> torch.Tensor:
-    """``torch.fft.rfft2(x)``. On CPUs, for a few large planes (the no-grad channel groups),
-    as a real FFT over W then a complex one over H: the same values, spread over threads
-    much better (about 1.2-1.5x faster at 2 threads for a few 524x524 planes; slower for
-    many small planes, which keep the single call)."""
-    plane = x.shape[-1] * x.shape[-2]
-    if x.device.type != "cpu" or plane < (1 << 16) or x.numel() // plane > 32:
-        return torch.fft.rfft2(x)
-    return torch.fft.fft(torch.fft.rfft(x, dim=-1), dim=-2)
+def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts).
 
-
-def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
-    """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts)."""
+    ``rows=(top, count)``: only those output rows (see :func:`_fft.irfft2`)."""
     h, w = yp.shape[-2:]
     big = (s * h, s * w)
     if s == 1:
-        fy = _rfft2(yp)
-        return torch.fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), s=big)
-    return torch.fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), s=big)
+        fy = _fft.rfft2(yp)
+        return _fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), big, rows)
+    return _fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), big, rows)
 
 
 # without autograd, channels are solved in groups of about this many output elements, so
@@ -441,7 +434,8 @@ def _converse_chunked(
 
     def solve(sl: slice) -> torch.Tensor:
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
-        return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
+        out_rows = _apply_filter(_pad4(y[:, sl], pads, mode), g, s, rows=(s * pads[2], s * h))
+        return out_rows[..., s * pads[0] : s * (pads[0] + w)]
 
     if step >= c:
         return solve(slice(0, c))
@@ -463,7 +457,7 @@ def _solve_with_x0(
     inv = 1.0 / (_block_mean(fk2, s) + lam)
     fr = torch.fft.fft2(yp) - _block_mean(fk * torch.fft.fft2(x0p), s)
     upd = fk[..., : big[1] // 2 + 1].conj() * _tile_half(fr * inv, s, big[1])
-    return x0p + torch.fft.irfft2(upd, s=big)
+    return x0p + _fft.irfft2(upd, big)
 
 
 FFT_SIZES = ("exact", "fast")
