@@ -24,11 +24,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="converse_dncnn_official,converse_srresnet_official")
+    ap.add_argument("--image", default="01", help="Set12 image for the denoiser (01-07: 256x256, 08-12: 512x512)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = paths.data_root()
     inputs = {}
-    img, _ = read_image(root / "testsets/set12/01.png")
+    img, _ = read_image(root / f"testsets/set12/{args.image}.png")
     clean = to_float(img, np.float64)[..., 0]
     rng = np.random.RandomState(0)
     inputs["converse_dncnn_official"] = torch.from_numpy(clean + rng.normal(0, 25 / 255, clean.shape))[None, None]
