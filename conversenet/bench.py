@@ -593,7 +593,7 @@ def run_bench(
             group.append(r)
             if log:
                 mb = "-" if peak is None else f"{peak / 2**20:.0f} MiB"
-                log(f"  {row}: {impl.name}: {r.median_s * 1e3:.1f} ms (n={len(times)}), peak {mb}")
+                log(f"  {row}: {impl.name}: {_ms(r.median_s)} ms (n={len(times)}), peak {mb}")
         del closures
         base = next((r for r in group if r.kind == "baseline"), None)
         floor = next((r for r in group if r.kind == "floor"), None)
@@ -634,6 +634,12 @@ def machine_info(threads: int, device: str) -> Dict[str, str]:
     return info
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds with at least three significant digits (GPU rows are sub-millisecond)."""
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
+
+
 def _fmt(v, spec, suffix=""):
     return "-" if v is None else f"{v:{spec}}{suffix}"
 
@@ -641,7 +647,7 @@ def _fmt(v, spec, suffix=""):
 def _cells(r: Result) -> List[str]:
     return [
         r.impl,
-        f"{r.median_s * 1e3:.1f}",
+        _ms(r.median_s),
         str(len(r.times_s)) + ("c" if r.cold else ""),
         _fmt(r.speedup, ".2f", "x"),
         "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}",

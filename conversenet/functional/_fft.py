@@ -109,19 +109,12 @@ def rfft2(x: torch.Tensor) -> torch.Tensor:
     return fft_h(torch.fft.rfft(x, dim=-1))
 
 
-def irfft2(z: torch.Tensor, size: Tuple[int, int], rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    """``torch.fft.irfft2(z, s=size)`` of a (..., H, W//2+1) half-plane -> (..., H, W).
-
-    ``rows=(top, count)`` returns only the output rows ``top .. top+count-1`` (the same
-    values as slicing the full result; the CPU path then skips the other rows' last step).
-    """
+def irfft2(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``torch.fft.irfft2(z, s=size)`` of a (..., H, W//2+1) half-plane -> (..., H, W)."""
     h, w = size
     if z.shape[-2] != h:
         raise ValueError(f"z has {z.shape[-2]} rows, size asks for {h}")
     if not _split_axes(z):
-        out = torch.fft.irfft2(z, s=size)
-        return out if rows is None else out[..., rows[0] : rows[0] + rows[1], :]
-    zh = fft_h(z, inverse=True)
-    if rows is not None:
-        zh = zh[..., rows[0] : rows[0] + rows[1], :]
-    return torch.fft.irfft(zh, n=w, dim=-1)
+        return torch.fft.irfft2(z, s=size)
+    # (cropping rows before the last step would save little: a row slice costs a copy)
+    return torch.fft.irfft(fft_h(z, inverse=True), n=w, dim=-1)

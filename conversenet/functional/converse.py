@@ -396,16 +396,14 @@ class _ConverseS1(torch.autograd.Function):
         return grad_y, grad_g, None, None
 
 
-def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts).
-
-    ``rows=(top, count)``: only those output rows (see :func:`_fft.irfft2`)."""
+def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
+    """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts)."""
     h, w = yp.shape[-2:]
     big = (s * h, s * w)
     if s == 1:
         fy = _fft.rfft2(yp)
-        return _fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), big, rows)
-    return _fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), big, rows)
+        return _fft.irfft2(fy * g if _tracks_grad(fy, g) else fy.mul_(g), big)
+    return _fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), big)
 
 
 # without autograd, channels are solved in groups of about this many output elements, so
@@ -434,8 +432,7 @@ def _converse_chunked(
 
     def solve(sl: slice) -> torch.Tensor:
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
-        out_rows = _apply_filter(_pad4(y[:, sl], pads, mode), g, s, rows=(s * pads[2], s * h))
-        return out_rows[..., s * pads[0] : s * (pads[0] + w)]
+        return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
 
     if step >= c:
         return solve(slice(0, c))
