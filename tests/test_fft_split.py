@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from _reference import eq6, softmax_kernel
 from conversenet.functional import _fft, converse2d
 
-SPLIT_SIZES = [2 * 79, 3 * 101, 4 * 131, 8 * 97]
+SPLIT_SIZES = [(2, 79), (3, 101), (4, 131), (8, 97), (6, 7)]
+MKL = torch.backends.mkl.is_available()  # the split policy applies on MKL CPUs only
 
 
 def _dft_matrix(n: int, inverse: bool) -> np.ndarray:
@@ -24,23 +25,32 @@ def _dft_matrix(n: int, inverse: bool) -> np.ndarray:
     return mat / n if inverse else mat
 
 
-@pytest.mark.parametrize("n", SPLIT_SIZES)
+@pytest.mark.parametrize("n1,p", SPLIT_SIZES)
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-def test_fft_h_matches_explicit_dft(n, inverse, dtype):
-    assert _fft.ct_split(n, torch.device("cpu")) is not None  # the split path is what runs
+def test_fft_h_matches_explicit_dft(n1, p, inverse, dtype):
+    n = n1 * p
     gen = torch.Generator().manual_seed(n)
     z = torch.randn(2, 3, n, 5, generator=gen, dtype=torch.complex128)
     ref = np.einsum("km,bcml->bckl", _dft_matrix(n, inverse), z.numpy())
-    out = _fft.fft_h(z.to(dtype), inverse=inverse)
+    out = _fft.fft_h(z.to(dtype), inverse=inverse, n1=n1)  # the split, whatever the policy
     assert out.dtype == dtype and out.shape == z.shape
     err = np.abs(out.to(torch.complex128).numpy() - ref).max() / np.abs(ref).max()
     assert err < (1e-6 if dtype == torch.complex64 else 1e-13)
 
 
+def test_fft_h_bad_split():
+    z = torch.zeros(1, 12, 3, dtype=torch.complex64)
+    for bad in (5, 1, 12):
+        with pytest.raises(ValueError, match="n1"):
+            _fft.fft_h(z, n1=bad)
+
+
+@pytest.mark.skipif(not MKL, reason="the split policy is for CPUs whose torch.fft runs on MKL")
 def test_split_rule():
     cpu = torch.device("cpu")
     assert _fft.ct_split(524, cpu) == 4
+    assert _fft.ct_split(2 * 79, cpu) == 2 and _fft.ct_split(8 * 97, cpu) == 8
     assert _fft.ct_split(268, cpu) is None  # 4 * 67: MKL is as fast on its own
     assert _fft.ct_split(131, cpu) is None  # a prime alone needs no split
     assert _fft.ct_split(512, cpu) is None
@@ -63,8 +73,9 @@ def test_rfft2_irfft2_match_numpy(h, w):
 
 @pytest.mark.parametrize("s,h,padding", [(1, 146, 6), (2, 75, 2)])
 def test_converse2d_at_split_sizes_matches_eq6(s, h, padding):
-    """Padded output height s*(h+2p) = 158 = 2 * 79 runs the split, in no-grad and autograd paths."""
-    assert _fft.ct_split(s * (h + 2 * padding), torch.device("cpu")) == 2
+    """Padded output height s*(h+2p) = 158 = 2 * 79 runs the split (on MKL CPUs), in the
+    no-grad and autograd paths."""
+    assert _fft.ct_split(s * (h + 2 * padding), torch.device("cpu")) == (2 if MKL else None)
     gen = torch.Generator().manual_seed(7)
     y = torch.randn(1, 2, h, 20, generator=gen, dtype=torch.float64)
     k = softmax_kernel(gen, 1, 2, 5, 5)

@@ -41,8 +41,10 @@ def _largest_prime(n: int) -> int:
 
 
 def ct_split(n: int, device: torch.device) -> Optional[int]:
-    """N1 of the Cooley-Tukey split used for a length-n transform over H, or None."""
-    if device.type != "cpu":
+    """N1 of the Cooley-Tukey split used for a length-n transform over H, or None.
+
+    Only CPUs whose torch.fft runs on MKL (where the window was measured) take it."""
+    if device.type != "cpu" or not torch.backends.mkl.is_available():
         return None
     p = _largest_prime(n)
     n1 = n // p
@@ -70,17 +72,23 @@ def _ct_tables(n1: int, n2: int, inverse: bool, device: torch.device, cdtype: to
         return f1.to(device=device, dtype=cdtype), tw.to(device=device, dtype=cdtype)
 
 
-def fft_h(z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None) -> torch.Tensor:
     """``torch.fft.fft(z, dim=-2)`` (``ifft`` if ``inverse``) of a complex (..., N, L) tensor.
+
+    ``n1``: split as N = n1 * (N / n1) whatever the device (default: :func:`ct_split`'s
+    choice, which may be no split).
 
     Example:
         >>> import torch
         >>> z = torch.randn(2, 3 * 79, 5, dtype=torch.complex128)
-        >>> bool(torch.allclose(fft_h(z), torch.fft.fft(z, dim=-2)))
+        >>> bool(torch.allclose(fft_h(z, n1=3), torch.fft.fft(z, dim=-2)))
         True
     """
     *lead, n, length = z.shape
-    n1 = ct_split(n, z.device)
+    if n1 is None:
+        n1 = ct_split(n, z.device)
+    elif not (1 < n1 < n and n % n1 == 0):
+        raise ValueError(f"n1 must be a divisor of N={n} between 2 and N-1, got {n1}")
     if n1 is None:
         return torch.fft.ifft(z, dim=-2) if inverse else torch.fft.fft(z, dim=-2)
     n2 = n // n1
