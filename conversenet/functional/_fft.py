@@ -72,11 +72,13 @@ def _ct_tables(n1: int, n2: int, inverse: bool, device: torch.device, cdtype: to
         return f1.to(device=device, dtype=cdtype), tw.to(device=device, dtype=cdtype)
 
 
-def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None) -> torch.Tensor:
+def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
+          out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``torch.fft.fft(z, dim=-2)`` (``ifft`` if ``inverse``) of a complex (..., N, L) tensor.
 
     ``n1``: split as N = n1 * (N / n1) whatever the device (default: :func:`ct_split`'s
-    choice, which may be no split).
+    choice, which may be no split). ``out``: optional contiguous tensor of z's shape and
+    dtype for the result (no autograd).
 
     Example:
         >>> import torch
@@ -90,13 +92,17 @@ def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None) -> t
     elif not (1 < n1 < n and n % n1 == 0):
         raise ValueError(f"n1 must be a divisor of N={n} between 2 and N-1, got {n1}")
     if n1 is None:
-        return torch.fft.ifft(z, dim=-2) if inverse else torch.fft.fft(z, dim=-2)
+        fn = torch.fft.ifft if inverse else torch.fft.fft
+        return fn(z, dim=-2) if out is None else fn(z, dim=-2, out=out)
     n2 = n // n1
     f1, tw = _ct_tables(n1, n2, inverse, z.device, z.dtype)
     b = math.prod(lead)
     y = torch.matmul(f1, z.reshape(b, n1, n2 * length)).view(b, n1, n2, length).mul_(tw)
     y = torch.fft.ifft(y, dim=2, norm="forward") if inverse else torch.fft.fft(y, dim=2)
-    return y.permute(0, 2, 1, 3).reshape(*lead, n, length)
+    if out is None:
+        return y.permute(0, 2, 1, 3).reshape(*lead, n, length)
+    out.view(b, n2, n1, length).copy_(y.permute(0, 2, 1, 3))  # the reordering copy, into out
+    return out
 
 
 def _split_axes(x: torch.Tensor) -> bool:
@@ -110,11 +116,34 @@ def _split_axes(x: torch.Tensor) -> bool:
     return plane >= (1 << 16) and x.numel() // plane <= 32
 
 
+# planes are transformed in groups of about this many complex elements when the split path
+# runs without autograd: per group everything stays in cache (measured at 2 threads, 524 x
+# 524: 4-16 planes at a time are 1.5-2.3x faster than MKL's rfft2, 128 at once slower)
+_GROUP_ELEMS = 1 << 20
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _groups(t: torch.Tensor, plane: int) -> Optional[int]:
+    """Planes per group for the grouped split path, or None to transform in one call."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return None  # the grouped path writes into a preallocated output (no autograd)
+    step = max(1, _GROUP_ELEMS // plane)
+    return step if t.numel() // (t.shape[-1] * t.shape[-2]) > step else None
+
+
 def rfft2(x: torch.Tensor) -> torch.Tensor:
     """``torch.fft.rfft2(x)`` of a real (..., H, W) tensor -> (..., H, W//2+1)."""
     if not _split_axes(x):
         return torch.fft.rfft2(x)
-    return fft_h(torch.fft.rfft(x, dim=-1))
+    *lead, h, w = x.shape
+    step = _groups(x, h * (w // 2 + 1)) if x.dtype in _COMPLEX else None
+    if step is None:
+        return fft_h(torch.fft.rfft(x, dim=-1))
+    xs = x.reshape(-1, h, w)
+    out = torch.empty(xs.shape[0], h, w // 2 + 1, dtype=_COMPLEX[x.dtype], device=x.device)
+    for c0 in range(0, xs.shape[0], step):
+        fft_h(torch.fft.rfft(xs[c0 : c0 + step], dim=-1), out=out[c0 : c0 + step])
+    return out.reshape(*lead, h, w // 2 + 1)
 
 
 def irfft2(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -124,5 +153,13 @@ def irfft2(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"z has {z.shape[-2]} rows, size asks for {h}")
     if not _split_axes(z):
         return torch.fft.irfft2(z, s=size)
-    # (cropping rows before the last step would save little: a row slice costs a copy)
-    return torch.fft.irfft(fft_h(z, inverse=True), n=w, dim=-1)
+    *lead, _, length = z.shape
+    step = _groups(z, h * length) if z.dtype in (torch.complex64, torch.complex128) else None
+    if step is None:
+        return torch.fft.irfft(fft_h(z, inverse=True), n=w, dim=-1)
+    zs = z.reshape(-1, h, length)
+    real = torch.float32 if z.dtype == torch.complex64 else torch.float64
+    out = torch.empty(zs.shape[0], h, w, dtype=real, device=z.device)
+    for c0 in range(0, zs.shape[0], step):
+        torch.fft.irfft(fft_h(zs[c0 : c0 + step], inverse=True), n=w, dim=-1, out=out[c0 : c0 + step])
+    return out.reshape(*lead, h, w)
