@@ -30,14 +30,13 @@ ITERS=$(( TRAIN_S * PROBE / dt ))
 ITERS=$(( ITERS / 100 * 100 )); [ "$ITERS" -lt 200 ] && ITERS=200
 stamp "probe took $dt s -> $ITERS iterations"
 
-$CN train configs/table4/dncnn.yaml name=builtin_dncnn_gpu train.total_iter=$ITERS train.lr=1e-3 \
+# stopped with SIGINT after twice the planned time (the trainer saves and exits on SIGINT)
+timeout -s INT -k 60 $(( TRAIN_S * 2 )) $CN train configs/table4/dncnn.yaml name=builtin_dncnn_gpu \
+    train.total_iter=$ITERS train.lr=1e-3 \
     "train.milestones=[$((ITERS / 2)),$((ITERS * 3 / 4)),$((ITERS * 9 / 10))]" \
     train.val_every=1000000 train.checkpoint_every=$(( ITERS / 4 )) train.log_every=500 $COMMON \
-    --out "$RUN/main" --quiet > "$OUT/train.log" 2>&1 &
-PID=$!
-# a stop signal after twice the planned time: the trainer saves and exits on SIGINT
-( sleep $(( TRAIN_S * 2 )); kill -INT $PID 2>/dev/null ) & WATCH=$!
-wait $PID; echo "train rc=$?"; kill $WATCH 2>/dev/null
+    --out "$RUN/main" --quiet > "$OUT/train.log" 2>&1
+echo "train rc=$?"
 tail -n 4 "$OUT/train.log"
 cp "$RUN/main/metrics.csv" "$RUN/main/config.yaml" "$OUT/" 2>/dev/null
 stamp "export"

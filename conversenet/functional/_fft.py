@@ -1,8 +1,9 @@
 """The real 2-D FFTs of the solver, with a faster CPU path for sizes MKL handles slowly.
 
 ``rfft2(x)`` and ``irfft2(z, size)`` equal ``torch.fft.rfft2`` / ``torch.fft.irfft2`` up to
-float rounding. On CPUs they run the two axes as separate 1-D transforms, and the
-transform over H (a strided axis, complex) is split by Cooley-Tukey when its length is
+float rounding. On CPUs, for the sizes below and for a few large planes, they run the two
+axes as separate 1-D transforms, and the transform over H (a strided axis, complex) is
+split by Cooley-Tukey when its length is
 ``N = N1 * p`` with a prime p in ``_CT_PRIMES`` and a small N1: MKL (2024.2) runs mixed
 sizes such as 524 = 4 * 131 with a radix-p step whose cost grows with p, while it
 transforms the prime length p itself quickly. Measured at 2 threads on 4 planes of
@@ -121,6 +122,7 @@ def _split_axes(x: torch.Tensor) -> bool:
 # 524: 4-16 planes at a time are 1.5-2.3x faster than MKL's rfft2, 128 at once slower)
 _GROUP_ELEMS = 1 << 20
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_REAL = {c: r for r, c in _COMPLEX.items()}
 
 
 def _groups(t: torch.Tensor, plane: int) -> Optional[int]:
@@ -154,12 +156,11 @@ def irfft2(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     if not _split_axes(z):
         return torch.fft.irfft2(z, s=size)
     *lead, _, length = z.shape
-    step = _groups(z, h * length) if z.dtype in (torch.complex64, torch.complex128) else None
+    step = _groups(z, h * length) if z.dtype in _REAL else None
     if step is None:
         return torch.fft.irfft(fft_h(z, inverse=True), n=w, dim=-1)
     zs = z.reshape(-1, h, length)
-    real = torch.float32 if z.dtype == torch.complex64 else torch.float64
-    out = torch.empty(zs.shape[0], h, w, dtype=real, device=z.device)
+    out = torch.empty(zs.shape[0], h, w, dtype=_REAL[z.dtype], device=z.device)
     for c0 in range(0, zs.shape[0], step):
         torch.fft.irfft(fft_h(zs[c0 : c0 + step], inverse=True), n=w, dim=-1, out=out[c0 : c0 + step])
     return out.reshape(*lead, h, w)
