@@ -10,5 +10,7 @@ from .converse import (
     fft_pads,
     kernel_otf,
 )
+from .converse_nd import converse1d, converse3d
 
-__all__ = ["converse2d", "conv_down", "converse_filter", "kernel_otf", "PADDING_MODES", "X0_MODES", "FFT_SIZES", "fft_pads"]
+__all__ = ["converse2d", "conv_down", "converse_filter", "kernel_otf", "PADDING_MODES", "X0_MODES", "FFT_SIZES", "fft_pads",
+           "converse1d", "converse3d"]
