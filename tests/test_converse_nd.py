@@ -422,3 +422,31 @@ def test_module_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_autocast_bfloat16_forward_backward():
+    """Under CPU bfloat16 autocast the solve runs in float32 (FFTs of bfloat16 do not exist)."""
+    torch.manual_seed(95)
+    layer1 = Converse1d(3, 5, scale=2, padding=2, padding_mode="replicate")
+    layer3 = Converse3d(2, 3, scale=(1, 2, 2), padding=1)
+    x1 = torch.randn(2, 3, 20, requires_grad=True)
+    x3 = torch.randn(1, 2, 3, 4, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o1, o3 = layer1(x1), layer3(x3)
+        o1b = layer1(x1.to(torch.bfloat16))
+    assert o1.dtype == o3.dtype == torch.float32 and o1b.dtype == torch.bfloat16
+    torch.testing.assert_close(o1, layer1(x1), rtol=0, atol=0)  # float32 inside: unchanged
+    torch.testing.assert_close(o3, layer3(x3), rtol=0, atol=0)
+    (o1.square().mean() + o3.square().mean()).backward()
+    for t in (x1.grad, x3.grad, layer1.weight.grad, layer1.bias.grad, layer3.weight.grad):
+        assert t is not None and torch.isfinite(t).all() and t.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_torch_compile_modules():
+    torch.manual_seed(97)
+    for layer, x in [(Converse1d(3, 5, scale=2, padding=2, padding_mode="replicate"), torch.randn(2, 3, 20)),
+                     (Converse3d(2, 3, scale=(1, 2, 2), padding=1), torch.randn(1, 2, 3, 4, 5))]:
+        eager = layer(x)
+        compiled = torch.compile(layer)
+        torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)
