@@ -8,7 +8,6 @@ when module NAME cannot be imported (``cuda``: when no GPU is present).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 

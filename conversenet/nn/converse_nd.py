@@ -18,8 +18,11 @@ _IntOrTuple = Union[int, Sequence[int]]
 
 
 def _ntuple(v: _IntOrTuple, d: int, name: str) -> Tuple[int, ...]:
-    t = (v,) * d if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
-    if t is None or len(t) != d or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
+    if isinstance(v, (tuple, list)):
+        t = tuple(v)
+    else:
+        t = (v,) * d
+    if len(t) != d or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
         raise ValueError(f"{name} must be a positive int or a tuple of {d} of them, got {v!r}")
     return t
 
