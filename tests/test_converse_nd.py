@@ -306,7 +306,10 @@ def _good3():
     (converse1d, _good1, dict(x=torch.randn(2, 3, 4, 4)), "x must be 3-D"),
     (converse1d, _good1, dict(x=torch.ones(2, 3, 8, dtype=torch.int64)), "x must have a real floating dtype"),
     (converse1d, _good1, dict(x=[1.0, 2.0]), "x must be a torch.Tensor"),
-    (converse1d, _good1, dict(x=torch.randn(2, 3, 0)), "x must not be empty"),
+    (converse1d, _good1, dict(x=torch.randn(2, 3, 0)), "x must have non-empty spatial axes"),
+    (converse1d, _good1, dict(lam=float("nan")), "lam must be positive and finite"),
+    (converse1d, _good1, dict(lam=torch.tensor([0.1, float("inf"), 0.1])), "lam must be finite everywhere"),
+    (converse1d, _good1, dict(lam=torch.tensor(float("nan"))), "lam must be positive everywhere"),
     (converse1d, _good1, dict(weight=torch.randn(1, 3, 3, 3)), "weight must be 3-D"),
     (converse1d, _good1, dict(weight=torch.randn(1, 4, 3)), "weight has 4 channels but x has 3"),
     (converse1d, _good1, dict(weight=torch.randn(3, 3, 3)), "weight batch must be 1"),
@@ -425,7 +428,8 @@ def test_module_trains():
 
 
 def test_autocast_bfloat16_forward_backward():
-    """Under CPU bfloat16 autocast the solve runs in float32 (FFTs of bfloat16 do not exist)."""
+    """Under CPU bfloat16 autocast the solve runs in float32 inside (there are no bfloat16
+    FFTs) and the result comes back in bfloat16, as a convolution's would."""
     torch.manual_seed(95)
     layer1 = Converse1d(3, 5, scale=2, padding=2, padding_mode="replicate")
     layer3 = Converse3d(2, 3, scale=(1, 2, 2), padding=1)
@@ -434,12 +438,25 @@ def test_autocast_bfloat16_forward_backward():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o1, o3 = layer1(x1), layer3(x3)
         o1b = layer1(x1.to(torch.bfloat16))
-    assert o1.dtype == o3.dtype == torch.float32 and o1b.dtype == torch.bfloat16
-    torch.testing.assert_close(o1, layer1(x1), rtol=0, atol=0)  # float32 inside: unchanged
-    torch.testing.assert_close(o3, layer3(x3), rtol=0, atol=0)
-    (o1.square().mean() + o3.square().mean()).backward()
+        o64 = converse1d(x1.detach().double(), layer1.weight.detach().double(), 0.01)
+    assert o1.dtype == o3.dtype == o1b.dtype == torch.bfloat16 and o64.dtype == torch.float64
+    # float32 inside: the only error is the final rounding to bfloat16 (8 bits of mantissa)
+    for got, ref in ((o1, layer1(x1)), (o3, layer3(x3))):
+        ref = ref.detach()
+        assert float((got.detach().float() - ref).abs().max()) <= 2 ** -8 * float(ref.abs().max())
+    (o1.float().square().mean() + o3.float().square().mean()).backward()
     for t in (x1.grad, x3.grad, layer1.weight.grad, layer1.bias.grad, layer3.weight.grad):
         assert t is not None and torch.isfinite(t).all() and t.abs().sum() > 0
+
+
+def test_empty_batch_or_channels():
+    w = torch.ones(1, 0, 3, requires_grad=True)
+    out = converse1d(torch.randn(2, 0, 7), w, 0.1, scale=2)
+    assert out.shape == (2, 0, 14)
+    out.sum().backward()
+    assert w.grad is not None and w.grad.shape == w.shape
+    x = torch.randn(0, 2, 3, 4, 5)
+    assert converse3d(x, torch.ones(1, 2, 1, 1, 1), 0.1, scale=(2, 1, 3)).shape == (0, 2, 6, 4, 15)
 
 
 @pytest.mark.slow

@@ -81,9 +81,20 @@ def _lam_nd(lam: Lam, n: int, c: int, d: int, ref: torch.Tensor) -> torch.Tensor
             f"lam must be a float, a C-vector, {shape} or {shape.replace('1', 'N', 1)} "
             f"(N={n}, C={c}); got shape {tuple(lam.shape)}"
         )
-    if not bool((lam.detach() > 0).all()):
-        raise ValueError("lam must be positive everywhere")
+    if lam.numel() and not bool((lam.detach() > 0).all()):  # NaN fails too
+        raise ValueError("lam must be positive everywhere (got a value <= 0 or NaN)")
+    if lam.numel() and not bool(torch.isfinite(lam.detach()).all()):
+        raise ValueError("lam must be finite everywhere (got inf)")
     return t
+
+
+def _output_dtype(x: torch.Tensor) -> torch.dtype:
+    """x's dtype, or under ``torch.autocast`` (x not float64) the autocast dtype, like a conv."""
+    dev = x.device.type
+    if (x.dtype != torch.float64 and torch.amp.is_autocast_available(dev)
+            and torch.is_autocast_enabled(dev)):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
 
 
 def _check_inputs(x, weight, d: int) -> Tuple[int, int]:
@@ -91,8 +102,8 @@ def _check_inputs(x, weight, d: int) -> Tuple[int, int]:
     if x.dim() != d + 2:
         raise ValueError(f"x must be {d + 2}-D {_SHAPE_NAMES[d]}, got shape {tuple(x.shape)}")
     n, c = x.shape[:2]
-    if any(v == 0 for v in x.shape):
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    if any(v == 0 for v in x.shape[2:]):
+        raise ValueError(f"x must have non-empty spatial axes, got shape {tuple(x.shape)}")
     _check_float("weight", weight)
     if weight.dim() != d + 2:
         raise ValueError(
@@ -289,8 +300,8 @@ def converse_nd(
     else:
         raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
 
-    out_dtype = x.dtype
-    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    out_dtype = _output_dtype(x)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     dims = tuple(range(-d, 0))
     pads = (padding,) * (2 * d)
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -298,6 +309,13 @@ def converse_nd(
         k = weight.to(compute)
         lam_c = lam_t.to(compute)
         yp = _pad_nd(y, pads, padding_mode)
+        if n == 0 or c == 0:
+            # nothing to solve; zeros that stay connected to the inputs' graph
+            out = y.new_zeros(out_shape)
+            for t in (y, k, lam_c, x0_tensor):
+                if t is not None and t.requires_grad:
+                    out = out + t.sum() * 0
+            return out.to(out_dtype)
         if x0_tensor is not None:
             # the 2-D convention: x0 is padded by padding * s with the same mode
             x0_pads = tuple(scale_t[d - 1 - j // 2] * padding for j in range(2 * d))
@@ -326,7 +344,9 @@ def converse1d(
     at the padded length and crops ``padding * scale`` samples from both ends.
 
     Args:
-        x: (N, C, L) input Y, real floating point (float16/bfloat16 computed in float32).
+        x: (N, C, L) input Y, real floating point. The solve runs in float32 (float64
+            for float64 input); the result has x's dtype, or under ``torch.autocast`` the
+            autocast dtype (as a convolution's would), float64 excepted.
         weight: (1, C, k) shared kernel or (N, C, k) one per sample; centre ``k // 2``;
             true convolution.
         lam: positive regulariser: a float, a C-vector, 1xCx1 or NxCx1 tensor.
@@ -337,7 +357,7 @@ def converse1d(
             tensor (padded by ``padding * s`` with the same mode).
 
     Returns:
-        (N, C, L*s) tensor in x's dtype.
+        (N, C, L*s) tensor (N or C may be 0).
 
     Example:
         >>> import torch
@@ -365,7 +385,8 @@ def converse3d(
     and crops ``padding * s_i`` voxels from both ends of every axis.
 
     Args:
-        x: (N, C, D, H, W) input Y, real floating point (float16/bfloat16 in float32).
+        x: (N, C, D, H, W) input Y, real floating point; dtypes and autocast as in
+            :func:`converse1d`.
         weight: (1, C, kd, kh, kw) shared kernel or (N, C, kd, kh, kw); centre
             ``(kd // 2, kh // 2, kw // 2)``; true convolution.
         lam: positive regulariser: a float, a C-vector, 1xCx1x1x1 or NxCx1x1x1 tensor.
@@ -376,7 +397,7 @@ def converse3d(
             (N, C, D*s_d, H*s_h, W*s_w) tensor (padded by ``padding * s_i`` per axis).
 
     Returns:
-        (N, C, D*s_d, H*s_h, W*s_w) tensor in x's dtype.
+        (N, C, D*s_d, H*s_h, W*s_w) tensor.
 
     Example:
         >>> import torch
