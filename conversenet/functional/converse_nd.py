@@ -308,7 +308,6 @@ def converse_nd(
         y = x.to(compute)
         k = weight.to(compute)
         lam_c = lam_t.to(compute)
-        yp = _pad_nd(y, pads, padding_mode)
         if n == 0 or c == 0:
             # nothing to solve; zeros that stay connected to the inputs' graph
             out = y.new_zeros(out_shape)
@@ -316,6 +315,7 @@ def converse_nd(
                 if t is not None and t.requires_grad:
                     out = out + t.sum() * 0
             return out.to(out_dtype)
+        yp = _pad_nd(y, pads, padding_mode)
         if x0_tensor is not None:
             # the 2-D convention: x0 is padded by padding * s with the same mode
             x0_pads = tuple(scale_t[d - 1 - j // 2] * padding for j in range(2 * d))
