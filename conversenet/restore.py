@@ -33,6 +33,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,8 @@ def _default_name(task: str, blind: bool = False) -> str:
 
 
 def _sidecar(path: Path) -> Dict[str, Any]:
+    """The optional ``<file>.json`` next to a weights file, checked: ``model`` a string,
+    ``args`` a mapping (or null), ``sigma`` a number (or null). One-line errors naming it."""
     side = path.with_suffix(".json")
     if not side.is_file():
         return {}
@@ -177,6 +180,14 @@ def _sidecar(path: Path) -> Dict[str, Any]:
         raise RestoreError(f"cannot read the weights description {side}: {e}") from e
     if not isinstance(meta, dict):
         raise RestoreError(f"{side} must hold a JSON object like {{\"model\": NAME, \"args\": {{...}}}}")
+    if meta.get("model") is not None and not isinstance(meta["model"], str):
+        raise RestoreError(f"{side}: \"model\" must be a registry name (a string), got {type(meta['model']).__name__}")
+    if meta.get("args") is not None and not isinstance(meta["args"], dict):
+        raise RestoreError(f"{side}: \"args\" must be a JSON object of constructor arguments, "
+                           f"got {type(meta['args']).__name__} {json.dumps(meta['args'])[:60]}")
+    sigma = meta.get("sigma")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))):
+        raise RestoreError(f"{side}: \"sigma\" must be a number, got {json.dumps(sigma)[:60]}")
     return meta
 
 
@@ -217,41 +228,100 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
     return [p for _, p in sorted(found, key=lambda t: (t[0], t[1].name))]
 
 
+def _official_preset(filename: str) -> Optional[str]:
+    """The registry name whose released file is ``filename`` (e.g. ``converse_dncnn_official``)."""
+    reg = _registry()
+    for n in reg.list_models():
+        if reg.model_info(n)["official_file"] == filename:
+            return n
+    return None
+
+
+def _fits(net: nn.Module, state: Dict[str, torch.Tensor]) -> bool:
+    own = net.state_dict()
+    return set(own) == set(state) and all(tuple(own[k].shape) == tuple(state[k].shape) for k in own)
+
+
+def _guess_by_shapes(state: Dict[str, torch.Tensor], stem: str, task: Optional[str],
+                     blind: bool) -> Optional[str]:
+    """The first registry model (at its defaults) whose parameter names and shapes are exactly
+    those of ``state``. Tried in this order: the file's stem when it is a registry name (a
+    preference only, never taken without fitting), the task's default, then the others."""
+    reg = _registry()
+    names = reg.list_models(task)
+    if task == "deblur":  # blind (no kernel input) and non-blind models are not interchangeable
+        names = [n for n in names if ("usrnet" in n) != bool(blind)]
+    order: List[str] = []
+    for n in ([stem] if stem in names else []) + ([_default_name(task, blind)] if task else []) + names:
+        if n in names and n not in order:
+            order.append(n)
+    for n in order:
+        try:
+            if _fits(reg.create(n), state):
+                return n
+        except (TypeError, ValueError):  # pragma: no cover - registry entries build at defaults
+            continue
+    return None
+
+
 def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None, model: Optional[str] = None,
                       blind: bool = False) -> LoadedModel:
     """Builds a network and loads a state-dict file (plus its optional ``.json`` sidecar).
 
-    The architecture is the sidecar's ``model``/``args``, else ``model``, else the file's
-    stem when it is a registry name, else the task's default.
+    The architecture is, in this order: the authors' released network when the file's
+    SHA-256 is that of one of their checkpoints (whatever the file is called); the sidecar's
+    ``model``/``args``; ``model``; else the registry model whose parameter names and shapes
+    are those of the file (the file's name is only a tie-break). The file itself is loaded
+    weights-only (:func:`conversenet.models.weights.read_state_dict`).
     """
     from .models import WeightsError
-    from .models.weights import load_into, read_state_dict
+    from .models.weights import load_into, official_file_of, read_state_dict
 
     p = Path(path)
     if not p.is_file():
         raise RestoreError(f"weights file not found: {p}")
     meta = _sidecar(p)
     reg = _registry()
-    if meta.get("model"):
-        name = meta["model"]
+    try:
+        state = read_state_dict(p)
+    except WeightsError as e:
+        raise RestoreError(str(e)) from None
+    official = official_file_of(p)
+    preset = _official_preset(official) if official else None
+    args: Dict[str, Any] = {}
+    how = ""
+    if preset is not None and (model is None or model in (preset, preset.removesuffix("_official"))):
+        name, how = preset, f", recognised by its SHA-256 as the authors' {official}"
+        meta = {k: v for k, v in meta.items() if k not in ("model", "args")}
+        if name in OFFICIAL_SIGMA:
+            meta.setdefault("sigma", OFFICIAL_SIGMA[name])
+    elif meta.get("model"):
+        name, args = meta["model"], meta.get("args") or {}
     elif model is not None:
         name = model
-    elif p.stem in reg.list_models():
-        name = p.stem
-    elif task is not None:
-        name = _default_name(task, blind)
     else:
-        raise RestoreError(f"cannot tell which network {p} is for: pass model= or add {p.with_suffix('.json')}")
-    args = meta.get("args", {}) or {}
+        name = _guess_by_shapes(state, p.stem, task, blind)
+        if name is None:
+            fallback = p.stem if p.stem in reg.list_models() else (_default_name(task, blind) if task else None)
+            if fallback is None:
+                raise RestoreError(f"cannot tell which network {p} is for: no registered model has its tensor "
+                                   f"names and shapes; pass model= or add {p.with_suffix('.json')}")
+            try:
+                load_into(reg.create(fallback), state, fallback, str(p))
+            except WeightsError as e:
+                raise RestoreError(f"{e} (no registered model at its default size fits this file; pass --model "
+                                   f"or describe it in {p.with_suffix('.json')})") from None
+            name = fallback  # fits, but a model of another task: refused below
+        else:
+            how = ", chosen by its tensor shapes"
     try:
         net = reg.create(name, **args)
-        state = read_state_dict(p)
         load_into(net, state, name, str(p))
-    except (WeightsError, ValueError) as e:
-        raise RestoreError(str(e)) from e
+    except (WeightsError, ValueError, TypeError) as e:
+        raise RestoreError(str(e)) from None
     if task is not None and net.task != task:
         raise RestoreError(f"{p} holds a {net.task} network ({name}), not a {task} one")
-    return LoadedModel(net.eval(), name, f"{p} ({name})", meta)
+    return LoadedModel(net.eval(), name, f"{p} ({name}{how})", meta)
 
 
 def _offline() -> bool:
@@ -310,6 +380,7 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
         RestoreError: no usable weights (the message says how to provide them).
     """
     from .models import WeightsError
+    from .models.weights import ChecksumError
 
     _default_name(task, blind)
     reg = _registry()
@@ -341,11 +412,16 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
             lm = _load_official(name)
         except (WeightsError, RestoreError) as e:
             first = str(e).split(". ")[0]
+            if isinstance(e, ChecksumError):
+                # a present but altered official file is never used; say so even when quiet
+                print(f"conversenet: WARNING: {first}. The file is corrupt or has been tampered with and was NOT "
+                      f"loaded; remove or replace it. Falling back to other weights.", file=sys.stderr, flush=True)
             try:
                 lm = _load_builtin(task, model, blind)
             except RestoreError as e2:
                 raise RestoreError(f"no weights found: authors' weights: {first}; built-in: {e2}") from e2
-            lm.source += " (authors' weights unavailable)"
+            lm.source += (" (authors' weights REFUSED: checksum mismatch)" if isinstance(e, ChecksumError)
+                          else " (authors' weights unavailable)")
     else:
         lm = load_weights_file(w, task, model, blind)
     if task == "deblur" and lm.model.needs_kernel == bool(blind):

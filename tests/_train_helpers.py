@@ -76,7 +76,7 @@ def run_cli(args: List[str], timeout: Optional[float] = None) -> subprocess.Comp
 
 
 def state(path: Path) -> Dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def max_diff(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:

@@ -33,16 +33,16 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     res1 = run_cli([str(path), "--out", str(one)])
     assert res1.returncode == 0, res1.stderr
 
-    g2 = torch.load(ddp / "grads_step1.pt", weights_only=False)
-    g1 = torch.load(one / "grads_step1.pt", weights_only=False)
+    g2 = torch.load(ddp / "grads_step1.pt", weights_only=True)
+    g1 = torch.load(one / "grads_step1.pt", weights_only=True)
     assert g2["world_size"] == 2 and g1["world_size"] == 1
     assert g1["grads"].keys() == g2["grads"].keys() and len(g1["grads"]) > 0
     assert max(float(v.abs().max()) for v in g1["grads"].values()) > 1e-4  # a real gradient
     assert max_diff(g1["grads"], g2["grads"]) <= 1e-5
     assert abs(g1["loss"] - g2["loss"]) <= 1e-6
     # and training stays in step (Adam on equal gradients up to rounding)
-    s2 = torch.load(ddp / "last.pth", weights_only=False)
-    s1 = torch.load(one / "last.pth", weights_only=False)
+    s2 = torch.load(ddp / "last.pth", weights_only=True)
+    s1 = torch.load(one / "last.pth", weights_only=True)
     assert s2["iteration"] == s1["iteration"] == 3 and s2["world_size"] == 2
     assert max_diff(s1["model"], s2["model"]) <= 1e-4
     # only rank 0 writes: one CSV row per logged iteration, no per-rank files

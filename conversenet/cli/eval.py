@@ -70,6 +70,14 @@ def _resolve_model_name(name: str, weights: str) -> str:
             return alt
         have = [n for n in names if model_info(n)["official_file"]]
         raise CLIError(f"no official weights for {name!r}; official weights exist for: {', '.join(have)}")
+    if weights not in ("official", "builtin", "auto") and weights.lower() != "none" and Path(weights).is_file():
+        # the authors' file under any name: recognised by its SHA-256, it needs their preset
+        from ..models.weights import official_file_of
+
+        official = official_file_of(weights)
+        preset = next((n for n in names if official and model_info(n)["official_file"] == official), None)
+        if preset is not None and name in (preset, preset.removesuffix("_official")):
+            return preset
     return name
 
 

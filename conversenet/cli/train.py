@@ -5,6 +5,11 @@ weights of a training checkpoint (the EMA weights when the run kept them) as a p
 float32 state dict, the format ``conversenet eval --weights OUT.pth`` and
 ``create(name, pretrained=OUT.pth)`` read.
 
+Configs name registered models only; a config never imports or calls code. To train a
+model of your own, register it (``conversenet.models.register_model``) in a module and
+pass ``--import MODULE``: that module is imported, i.e. its code runs, before the config
+is read. Checkpoints are loaded with ``torch.load(weights_only=True)`` only.
+
 Also under torchrun: ``torchrun --nproc_per_node=2 -m conversenet train CONFIG.yaml``.
 Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM after saving ``last.pth``, 2 on a
 configuration or input error (one line, no traceback).
@@ -33,7 +38,40 @@ def add_parser(sub) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
                    help="with --export: take the raw model weights even if the run kept an EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import the Python module MODULE first (runs its code: only name modules you trust), "
+                        "e.g. one that registers models of your own with conversenet.models.register_model; "
+                        "may be repeated")
     p.set_defaults(func=run)
+
+
+def _import_user_modules(modules) -> None:
+    """``--import MODULE``: the user's own code, run on purpose (it may register models)."""
+    import importlib
+    import os
+    import sys
+
+    from . import CLIError
+
+    if not modules:
+        return
+    # modules in the current folder are found too, but after everything installed: a file in
+    # the current folder never shadows a library, and the path is restored afterwards
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        for mod in modules:
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise CLIError(f"--import {mod}: cannot import it: {e}") from None
+            except Exception as e:  # the module's own code failed
+                raise CLIError(f"--import {mod}: importing it raised {type(e).__name__}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def run(args) -> int:
@@ -42,9 +80,12 @@ def run(args) -> int:
     from . import CLIError
     from ..train import ConfigError, config_to_dict, load_config, train
 
+    from ..train.checkpoint import CheckpointError
+
     path = Path(args.config)
     if args.export is not None:
         return _export(path, Path(args.export), args)
+    _import_user_modules(args.imports)
     if not path.is_file():
         raise CLIError(f"config file not found: {path}")
     try:
@@ -58,7 +99,7 @@ def run(args) -> int:
         if args.quiet:
             cfg.log.progress = False
         return train(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         raise CLIError(str(e)) from None
 
 
@@ -66,8 +107,9 @@ def _export(ckpt: Path, out: Path, args) -> int:
     from . import CLIError
     from ..train.checkpoint import export_weights, load_checkpoint
 
-    if args.overrides or args.resume or args.check:
-        raise CLIError("--export takes only a checkpoint and the output file (no overrides, --resume or --check)")
+    if args.overrides or args.resume or args.check or args.imports:
+        raise CLIError("--export takes only a checkpoint and the output file (no overrides, --resume, --check "
+                       "or --import)")
     if out.suffix != ".pth":
         raise CLIError(f"--export: the output must end in .pth, got {out}")
     if not out.parent.is_dir():

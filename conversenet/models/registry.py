@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -27,7 +28,7 @@ from .deblur import ConverseNet, ConverseUSRNet, ConvNet, ConvUSRNet
 from .denoise import ConvDnCNN, ConverseDnCNN, ConvTDnCNN, DnCNN
 from .sr import ConverseSRResNet, ConvSRResNet, ConvTSRResNet, SRResNet
 
-__all__ = ["create", "list_models", "model_info", "ModelEntry"]
+__all__ = ["create", "list_models", "model_info", "register_model", "ModelEntry"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,69 @@ _REGISTRY: Dict[str, ModelEntry] = {
         ConverseUSRNet, {}, "converse_usrnet.pth", "released Converse-USRNet"
     ),
 }
+
+
+_TASKS = ("denoise", "sr", "deblur")
+_BUILTIN_NAMES = frozenset(_REGISTRY)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def register_model(name: str, cls: Optional[type] = None, defaults: Optional[Dict[str, Any]] = None, *,
+                   doc: str = "", replace: bool = False):
+    """Adds a model class to the registry, so that configs and :func:`create` can name it.
+
+    This is how models of your own reach ``conversenet train``: put the call in a module and
+    run ``conversenet train CONFIG --import MODULE`` (which imports, i.e. runs, that module);
+    the config then names the model by ``name``. Configs themselves never import code.
+
+    Args:
+        name: the registry name (letters, digits, ``_ . -``; no ``:``).
+        cls: an ``nn.Module`` subclass with a class attribute ``task`` ("denoise", "sr" or
+            "deblur") and instance attributes ``in_channels``, ``scale``, ``needs_kernel``
+            like the package's models. Omitted: returns a decorator.
+        defaults: constructor arguments used unless overridden.
+        doc: one line shown by ``conversenet info``.
+        replace: allow replacing an earlier user registration of ``name`` (the package's
+            own names can never be replaced).
+
+    Returns:
+        ``cls`` (so it can be used as ``@register_model("my_net")``).
+
+    Raises:
+        ValueError / TypeError: a bad name, a taken name, or a class that is not a model.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> @register_model("doc_tiny_denoiser", defaults={"width": 4}, replace=True)
+        ... class Tiny(nn.Module):
+        ...     task = "denoise"
+        ...     def __init__(self, width=8):
+        ...         super().__init__()
+        ...         self.in_channels, self.scale, self.needs_kernel = 1, 1, False
+        ...         self.body = nn.Conv2d(1, 1, 3, padding=1)
+        ...     def forward(self, x):
+        ...         return x - self.body(x)
+        >>> type(create("doc_tiny_denoiser")).__name__, "doc_tiny_denoiser" in list_models("denoise")
+        ('Tiny', True)
+        >>> del _REGISTRY["doc_tiny_denoiser"]  # leave the registry as it was for other examples
+    """
+    if cls is None:
+        return lambda c: register_model(name, c, defaults, doc=doc, replace=replace)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"register_model: name must be letters, digits, '_', '.' or '-' (no ':'), got {name!r}")
+    if name in _BUILTIN_NAMES:
+        raise ValueError(f"register_model: {name!r} is one of the package's own models and cannot be replaced")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"register_model: {name!r} is already registered (pass replace=True to replace it)")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_model: {name!r} must be an nn.Module subclass, got {cls!r}")
+    if getattr(cls, "task", None) not in _TASKS:
+        raise ValueError(f"register_model: {cls.__name__} needs a class attribute task in {_TASKS}, "
+                         f"got {getattr(cls, 'task', None)!r}")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise TypeError(f"register_model: defaults must be a dict, got {type(defaults).__name__}")
+    _REGISTRY[name] = ModelEntry(cls, dict(defaults or {}), None, doc or cls.__name__)
+    return cls
 
 
 def list_models(task: Optional[str] = None) -> List[str]:

@@ -29,12 +29,14 @@ import torch.nn as nn
 
 __all__ = [
     "WeightsError",
+    "ChecksumError",
     "OFFICIAL_SHA256",
     "OFFICIAL_URL",
     "ENV_VAR",
     "hub_cache_dir",
     "sha256_file",
     "find_official",
+    "official_file_of",
     "read_state_dict",
     "load_into",
     "builtin_path",
@@ -55,6 +57,10 @@ PathLike = Union[str, os.PathLike]
 
 class WeightsError(RuntimeError):
     """A checkpoint could not be found, downloaded, verified or loaded."""
+
+
+class ChecksumError(WeightsError):
+    """An official file is present but its SHA-256 is not the authors' (corrupt or tampered)."""
 
 
 def hub_cache_dir() -> Path:
@@ -83,12 +89,24 @@ def _verify(path: Path, filename: str, where: str) -> Path:
     expected = OFFICIAL_SHA256[filename]
     actual = sha256_file(path)
     if actual != expected:
-        raise WeightsError(
+        raise ChecksumError(
             f"SHA-256 mismatch for {filename} at {path} ({where}): expected {expected}, got {actual}. "
             f"The file is corrupt or not the authors' release; remove or replace it. "
             + _how_to_provide(filename)
         )
     return path
+
+
+def official_file_of(path: PathLike) -> Optional[str]:
+    """The official file name (e.g. ``"converse_dncnn.pth"``) whose SHA-256 ``path`` has, else ``None``.
+
+    Recognises the authors' checkpoints by content whatever they are called.
+    """
+    digest = sha256_file(path)
+    for filename, expected in OFFICIAL_SHA256.items():
+        if digest == expected:
+            return filename
+    return None
 
 
 def _fetch(url: str, dst: Path, progress: bool = False) -> None:
@@ -184,13 +202,18 @@ def builtin_path(name: str) -> Path:
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)`` on CPU; unwraps a ``{"state_dict": ...}``
-    or ``{"params": ...}`` container."""
+    or ``{"params": ...}`` container.
+
+    A file that names any Python object besides tensors and plain data (a pickle that would
+    run code) is refused unloaded, with a one-line :class:`WeightsError`."""
+    from .._safeload import UnsafeFileError, load_torch_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, "weights")
     except FileNotFoundError as e:
-        raise WeightsError(f"checkpoint not found: {path}") from e
-    except Exception as e:  # unpickling errors have many types
-        raise WeightsError(f"cannot read checkpoint {path} as a weights-only torch file: {e}") from e
+        raise WeightsError(f"weights file not found: {path}") from None
+    except UnsafeFileError as e:
+        raise WeightsError(str(e)) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "params", "model"):
             inner = obj.get(key)

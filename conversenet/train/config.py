@@ -38,7 +38,7 @@ import yaml
 __all__ = [
     "Config", "ModelConfig", "DegradationConfig", "DataConfig", "TrainConfig", "LogConfig",
     "DebugConfig", "ConfigError", "load_config", "config_from_dict", "config_to_dict",
-    "parse_overrides", "yaml_load",
+    "parse_overrides", "yaml_load", "check_model_name",
 ]
 
 
@@ -294,6 +294,19 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_model_name(name: Any) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a registered model name (never imports what it names)."""
+    from ..models import list_models
+
+    available = list_models()
+    if isinstance(name, str) and name in available:
+        return
+    raise ConfigError(f"model.name: unknown model {name!r}: a config names a registered model only and never "
+                      f"imports code (for a model of your own, register it with "
+                      f"conversenet.models.register_model in a module and pass --import MODULE); "
+                      f"available: {', '.join(available)}")
+
+
 def _semantic_checks(cfg: Config) -> None:
     def pos(key: str, v: Union[int, float], allow_zero: bool = False) -> None:
         if v < 0 or (v == 0 and not allow_zero):
@@ -301,7 +314,9 @@ def _semantic_checks(cfg: Config) -> None:
 
     t, d, g = cfg.train, cfg.data, cfg.degradation
     if not cfg.model.name:
-        raise ConfigError("model.name: required (a registered model name or 'module:factory')")
+        raise ConfigError("model.name: required (a registered model name)")
+    # whether the name is registered is checked when the model is built (build_model, also
+    # under --check): models registered by `--import` code exist only then
     pos("train.total_iter", t.total_iter)
     pos("train.lr", t.lr)
     pos("train.val_every", t.val_every)

@@ -9,8 +9,11 @@ world_size`` samples of the same global batch a single process would use, and on
 Outputs in the run folder: ``config.yaml`` (the resolved config), ``last.pth`` and
 ``best.pth`` (full training state), ``metrics.csv``, ``curves.png``, optionally ``tb/``.
 
-Example (a tiny model from any module; ``module:factory`` names are accepted besides the
-registry's names):
+The model is built from a registry name only (:func:`build_model`); a config cannot import
+or call code. Models of your own are added with :func:`conversenet.models.register_model`
+from Python code you run (``conversenet train --import MODULE``).
+
+Example (a registry model shrunk to a tiny width):
     >>> import tempfile, pathlib, numpy as np
     >>> from PIL import Image
     >>> from conversenet.train import config_from_dict, Trainer
@@ -18,7 +21,8 @@ registry's names):
     >>> (d / "imgs").mkdir()
     >>> for i in range(2):
     ...     Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24), np.uint8)).save(d / "imgs" / f"{i}.png")
-    >>> cfg = config_from_dict({"name": "t", "model": {"name": "conversenet.train.trainer:_tiny_denoiser"},
+    >>> cfg = config_from_dict({"name": "t",
+    ...     "model": {"name": "converse_dncnn", "args": {"width": 4, "num_blocks": 1}},
     ...     "data": {"train": str(d / "imgs"), "val": str(d / "imgs"), "patch_size": 16, "batch_size": 2,
     ...              "num_workers": 0},
     ...     "train": {"total_iter": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1},
@@ -33,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib
 import math
 import os
 import signal
@@ -50,12 +53,14 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import _ops
-from .checkpoint import load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
-from .config import Config, ConfigError, config_to_dict
+from .checkpoint import FORMAT as CKPT_FORMAT
+from .checkpoint import VERSION as CKPT_VERSION
+from .checkpoint import CheckpointError, load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
+from .config import Config, ConfigError, check_model_name, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
                    worker_init)
 
-__all__ = ["Trainer", "train", "build_model", "EMA", "TrainingInterrupted"]
+__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "TrainingInterrupted"]
 
 CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
 
@@ -64,39 +69,24 @@ class TrainingInterrupted(Exception):
     """Raised by nothing; the loop returns 130 on SIGINT/SIGTERM after saving a checkpoint."""
 
 
-def _tiny_denoiser() -> nn.Module:
-    """A 2-layer gray denoiser used by doctests (task/in_channels/scale like the real models)."""
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
-    m.task, m.in_channels, m.scale, m.needs_kernel = "denoise", 1, 1, False  # type: ignore[attr-defined]
-    return m
-
-
-# --------------------------------------------------------------------------- model
-
 def build_model(cfg: Config) -> nn.Module:
-    """Instantiate ``cfg.model`` (registry name or ``module:factory``); errors name the key."""
-    name, args = cfg.model.name, dict(cfg.model.args)
-    if ":" in name:
-        mod, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"model.name: cannot import {name!r}: {e}") from None
-    else:
-        try:
-            from .. import models
-        except ImportError as e:  # pragma: no cover - the models package is part of the library
-            raise ConfigError(f"model.name: conversenet.models is unavailable: {e}") from None
-        available = list(models.list_models())
-        if name not in available:
-            raise ConfigError(f"model.name: unknown model {name!r} (available: {', '.join(sorted(available))})")
+    """Instantiate ``cfg.model`` from the model registry; errors name the key.
 
-        def factory(**kw: Any) -> nn.Module:
-            return models.create(name, **kw)
+    Only registered names are built (the package's models, and those registered with
+    :func:`conversenet.models.register_model` by code the user runs, e.g.
+    ``conversenet train --import MODULE``). A config never names a module or function to
+    import: anything else, ``module:factory`` included, is refused before anything is imported.
+    """
+    from ..models import WeightsError, create
+
+    name, args = cfg.model.name, dict(cfg.model.args)
+    check_model_name(name)
     try:
-        model = factory(**args)
+        model = create(name, **args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.args: {name} rejected {args}: {e}") from None
+    except WeightsError as e:
+        raise ConfigError(f"model.args: {e}") from None
     task = getattr(model, "task", None)
     if task not in ("denoise", "sr", "deblur"):
         raise ConfigError(f"model.name: {name} has no valid 'task' attribute (got {task!r})")
@@ -278,14 +268,23 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        if self.ema is not None:
-            if ckpt.get("ema") is None:
-                raise ValueError(f"{path}: has no EMA state but train.ema_decay > 0")
-            self.ema.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            if self.ema is not None:
+                if ckpt.get("ema") is None:
+                    raise CheckpointError(f"{path}: has no EMA state but train.ema_decay > 0")
+                self.ema.load_state_dict(ckpt["ema"])
+            set_rng_state(ckpt["rng"])
+        except CheckpointError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            # a checkpoint of another model or config, or a damaged one: say so in one line
+            first = " ".join(str(e).split()) or type(e).__name__
+            first = first if len(first) <= 300 else first[:300] + " ..."
+            raise CheckpointError(f"{path}: cannot resume the configured model {self.cfg.model.name!r} from "
+                                  f"this checkpoint (model {ckpt.get('model_name')!r}): {first}") from None
         self.iteration = int(ckpt["iteration"])
         self.best_psnr, self.best_iter = float(ckpt.get("best_psnr", -math.inf)), int(ckpt.get("best_iter", 0))
         old = ckpt.get("config", {})
@@ -297,7 +296,7 @@ class Trainer:
 
     def _checkpoint(self) -> Dict[str, Any]:
         return {
-            "format": "conversenet-train", "version": 1,
+            "format": CKPT_FORMAT, "version": CKPT_VERSION,
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
