@@ -276,6 +276,22 @@ def test_security_config_naming_a_non_registry_model_is_refused(where, check, tm
         assert not (tmp_path / "run").exists()
 
 
+def test_security_yaml_python_tags_run_nothing_and_error_in_one_line(tmp_path, capsys):
+    """``!!python/object/apply:os.system`` in a config file or an override: nothing runs, one
+    line. Before: the file's error was PyYAML's multi-line text."""
+    marker = tmp_path / "MARKER"
+    tag = f'!!python/object/apply:os.system ["touch {marker}"]'
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tag}\n")
+    rc = main(["train", str(cfg), "--check"])
+    assert rc == 2 and not marker.exists()
+    _one_line(capsys.readouterr().err, "c.yaml", "invalid YAML", "line 1")
+    good = write_config(tmp_path / "g.yaml", tiny_config(tmp_path))
+    rc = main(["train", str(good), f"model.args={tag}", "--check"])
+    assert rc == 2 and not marker.exists()
+    _one_line(capsys.readouterr().err, "model.args")
+
+
 def test_security_build_model_never_imports(tmp_path, monkeypatch):
     """The API too: build_model(config) with a ``module:factory`` name raises ConfigError and
     imports nothing. Before: it imported the module and called the factory."""

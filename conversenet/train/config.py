@@ -162,6 +162,16 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_problem(e: "yaml.YAMLError") -> str:
+    """One line: the problem and its line/column (PyYAML's own text spans several lines)."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if problem is None:
+        return " ".join(str(e).split())
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def _deep_merge(base: Dict[str, Any], top: Mapping[str, Any]) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in top.items():
@@ -181,7 +191,7 @@ def _read_yaml_chain(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
     try:
         raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     parents = raw.pop("extends", None) or []
