@@ -11,7 +11,8 @@ command line (also under ``torchrun``); in Python:
 
 from .config import (Config, ConfigError, config_from_dict, config_to_dict, load_config,
                      parse_overrides)
+from .checkpoint import CheckpointError
 from .trainer import EMA, Trainer, build_model, train
 
-__all__ = ["Config", "ConfigError", "config_from_dict", "config_to_dict", "load_config",
+__all__ = ["Config", "ConfigError", "CheckpointError", "config_from_dict", "config_to_dict", "load_config",
            "parse_overrides", "Trainer", "train", "build_model", "EMA"]
