@@ -27,7 +27,7 @@ from typing import Any, Iterable, Union
 
 import torch
 
-__all__ = ["UnsafeFileError", "load_torch_file"]
+__all__ = ["UnsafeFileError", "load_torch_file", "load_safetensors_file"]
 
 
 class UnsafeFileError(ValueError):
@@ -105,3 +105,23 @@ def load_torch_file(path: Union[str, os.PathLike], what: str = "file", extra_saf
         raise UnsafeFileError(f"cannot read {what} {p}: {e.strerror or e}") from None
     except Exception as e:  # unpickling, zip and key errors: many types, all mean "not loadable"
         raise UnsafeFileError(f"cannot load {what} {p}: {_why(e, p)}") from None
+
+
+def load_safetensors_file(path: Union[str, os.PathLike], what: str = "weights") -> Any:
+    """A ``.safetensors`` file (a JSON header plus raw tensor bytes: no pickle at all) as a
+    ``{name: tensor}`` dict on the CPU; one-line errors like :func:`load_torch_file`."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"{what} not found: {p}")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # pragma: no cover - a core dependency
+        raise UnsafeFileError(f"cannot load {what} {p}: the safetensors package is not installed "
+                              f"(pip install safetensors)") from None
+    try:
+        return load_file(p, device="cpu")
+    except MemoryError:
+        raise
+    except Exception as e:  # SafetensorError, OSError ...
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UnsafeFileError(f"cannot load {what} {p}: not a readable .safetensors file ({msg})") from None

@@ -507,3 +507,34 @@ def test_reliability_sidecar_with_wrong_types_is_one_line(side, tmp_path, img, c
     assert rc == 2
     _one_line(capsys.readouterr().err, "w.json")
     assert not (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ safetensors
+def test_security_export_as_safetensors_is_read_by_every_weights_reader(tmp_path, img, capsys):
+    """``train CKPT --export OUT.safetensors`` writes the weights without any pickle; create(),
+    ``--weights`` (restore commands, eval) read it; a damaged one is one line. Before:
+    ``--export`` accepted only .pth and .safetensors files could not be read."""
+    from conversenet import restore as R
+
+    ckpt = _train_ckpt(tmp_path)
+    out = tmp_path / "w.safetensors"
+    assert main(["train", str(ckpt), "--export", str(out)]) == 0
+    assert out.read_bytes()[8:9] == b"{"  # 8-byte header length, then the JSON header
+    ref = torch.load(ckpt, weights_only=True)["model"]
+    net = create("converse_dncnn", pretrained=out, width=4, num_blocks=1)
+    for k, v in ref.items():
+        assert torch.equal(net.state_dict()[k], v.float()), k
+    (tmp_path / "w.json").write_text(json.dumps({"model": "converse_dncnn", "args": {"width": 4, "num_blocks": 1}}))
+    lm = R.load_model("denoise", weights=str(out))
+    assert lm.name == "converse_dncnn"
+    for k, v in ref.items():
+        assert torch.equal(lm.model.state_dict()[k], v.float()), k
+    capsys.readouterr()
+    rc = main(["denoise", str(img), "-o", str(tmp_path / "o.png"), "--weights", str(out), "--device", "cpu",
+               "--no-progress"])
+    assert rc == 0 and (tmp_path / "o.png").is_file()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 32)
+    with pytest.raises(WeightsError) as e:
+        create("converse_dncnn", pretrained=bad)
+    _one_line(str(e.value), "bad.safetensors", "not a readable .safetensors file")

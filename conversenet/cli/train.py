@@ -3,7 +3,8 @@
 ``conversenet train RUN/best.pth --export OUT.pth`` trains nothing: it writes the model
 weights of a training checkpoint (the EMA weights when the run kept them) as a plain
 float32 state dict, the format ``conversenet eval --weights OUT.pth`` and
-``create(name, pretrained=OUT.pth)`` read.
+``create(name, pretrained=OUT.pth)`` read; ``OUT.safetensors`` writes the same tensors in
+the safetensors format (no pickle), read by the same commands.
 
 Configs name registered models only; a config never imports or calls code. To train a
 model of your own, register it (``conversenet.models.register_model``) in a module and
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
     p.add_argument("--export", default=None, metavar="OUT.pth",
                    help="do not train: write the weights of the checkpoint given as CONFIG (e.g. RUN/best.pth) "
-                        "as a plain float32 state dict to OUT.pth")
+                        "as a plain float32 state dict to OUT.pth (or OUT.safetensors)")
     p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
                    help="with --export: take the raw model weights even if the run kept an EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
@@ -110,8 +111,8 @@ def _export(ckpt: Path, out: Path, args) -> int:
     if args.overrides or args.resume or args.check or args.imports:
         raise CLIError("--export takes only a checkpoint and the output file (no overrides, --resume, --check "
                        "or --import)")
-    if out.suffix != ".pth":
-        raise CLIError(f"--export: the output must end in .pth, got {out}")
+    if out.suffix not in (".pth", ".safetensors"):
+        raise CLIError(f"--export: the output must end in .pth or .safetensors, got {out}")
     if not out.parent.is_dir():
         raise CLIError(f"--export: folder {out.parent} does not exist")
     if out.exists() and not args.overwrite:

@@ -201,15 +201,19 @@ def builtin_path(name: str) -> Path:
 
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)`` on CPU; unwraps a ``{"state_dict": ...}``
-    or ``{"params": ...}`` container.
+    """``torch.load(path, weights_only=True)`` on CPU (a ``.safetensors`` file: read with
+    ``safetensors``, no pickle involved); unwraps a ``{"state_dict": ...}`` or
+    ``{"params": ...}`` container.
 
     A file that names any Python object besides tensors and plain data (a pickle that would
     run code) is refused unloaded, with a one-line :class:`WeightsError`."""
-    from .._safeload import UnsafeFileError, load_torch_file
+    from .._safeload import UnsafeFileError, load_safetensors_file, load_torch_file
 
     try:
-        obj = load_torch_file(path, "weights")
+        if str(path).lower().endswith(".safetensors"):
+            obj = load_safetensors_file(path, "weights")
+        else:
+            obj = load_torch_file(path, "weights")
     except FileNotFoundError as e:
         raise WeightsError(f"weights file not found: {path}") from None
     except UnsafeFileError as e:

@@ -118,7 +118,8 @@ def export_weights(checkpoint: Union[str, Path], out: Union[str, Path], ema: Uni
 
     Args:
         checkpoint: a ``best.pth``/``last.pth`` written by the trainer.
-        out: the ``.pth`` file to write (atomically; its folder must exist).
+        out: the file to write (atomically; its folder must exist): ``.pth`` (``torch.save``)
+            or ``.safetensors`` (the ``safetensors`` format: no pickle at all).
         ema: take the EMA weights (``True``), the raw model (``False``), or the EMA when the
             run kept one (``None``).
         dtype: floating tensors are cast to it (integer buffers are kept).
@@ -136,7 +137,15 @@ def export_weights(checkpoint: Union[str, Path], out: Union[str, Path], ema: Uni
     if ema and ckpt.get("ema") is None:
         raise ValueError(f"ema: {checkpoint} holds no EMA weights (the run had train.ema_decay = 0)")
     state = plain_state_dict(ckpt["ema"] if ema else ckpt["model"], dtype)
-    save_atomic(state, out)
+    if str(out).lower().endswith(".safetensors"):
+        from safetensors.torch import save as st_save
+
+        data = st_save(state)  # bytes: header + raw tensors, no pickle
+        with atomic_open(out, "wb") as f:
+            f.write(data)
+        _fsync_dir(Path(out).parent)
+    else:
+        save_atomic(state, out)
     return state
 
 
