@@ -212,25 +212,17 @@ def write_output(dest: Path, out, bit_depth: int, overwrite: bool, protect) -> N
 
 
 def _save_npy(dest: Path, arr, overwrite: bool, protect) -> None:
-    import tempfile
-
     import numpy as np
+
+    from .._atomic import atomic_open
 
     for p in protect:
         if os.path.realpath(dest) == os.path.realpath(p):
             raise ValueError(f"refusing to write {str(dest)!r}: it is a protected (input) path")
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{str(dest)!r} exists (pass --overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(dest, "wb") as f:
+        np.save(f, arr)
 
 
 def side_by_side(*imgs, gap: int = 4):

@@ -50,6 +50,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import _ops
+from .._atomic import WriteError, atomic_open, file_mode
 from .checkpoint import load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
 from .config import Config, ConfigError, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
@@ -341,7 +342,13 @@ class Trainer:
     def _log_row(self, **row: Any) -> None:
         if self.rank != 0:
             return
-        with open(self.out / "metrics.csv", "a", newline="") as f:
+        # appended in place (one row per log step); O_NOFOLLOW: never through a planted link
+        try:
+            fd = os.open(self.out / "metrics.csv", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         file_mode())
+        except OSError as e:
+            raise WriteError(self.out / "metrics.csv", e) from None
+        with os.fdopen(fd, "a", newline="") as f:
             csv.writer(f).writerow(["" if row.get(k) is None else _fmt(row[k]) for k in CSV_FIELDS])
         if self.tb is not None:
             for k in ("loss", "psnr", "lr", "it_per_s"):
@@ -382,10 +389,11 @@ class Trainer:
         for a in axes:
             a.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.out / f".curves.png.{os.getpid()}.tmp"
-        fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        os.replace(tmp, self.out / "curves.png")
+        try:
+            with atomic_open(self.out / "curves.png", "wb") as f:
+                fig.savefig(f, format="png", dpi=110)
+        finally:
+            plt.close(fig)
 
     # ---------------------------------------------------------------- steps
     def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -531,11 +539,15 @@ class Trainer:
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Delete ``.NAME.PID.tmp`` files left by a writer that was killed (its PID is gone)."""
+    """Delete ``.NAME.PID.RANDOM.tmp`` (and older ``.NAME.PID.tmp``) files left by a writer
+    that was killed (its PID is gone)."""
     for p in folder.glob(".*.tmp"):
-        try:
-            pid = int(p.name.rsplit(".", 2)[-2])
-        except ValueError:
+        parts = p.name.rsplit(".", 3)
+        if len(parts) == 4 and parts[1].isdigit():
+            pid = int(parts[1])
+        elif parts[-2].isdigit():
+            pid = int(parts[-2])
+        else:
             continue
         if pid == os.getpid():
             continue
