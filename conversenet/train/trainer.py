@@ -50,7 +50,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import _ops
-from .._atomic import WriteError, atomic_open, file_mode
+from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
 from .checkpoint import load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
 from .config import Config, ConfigError, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
@@ -193,6 +193,8 @@ class Trainer:
             if last.exists() and not self.overwrite:
                 raise FileExistsError(f"{self.out} already holds a checkpoint: use --resume to continue it, "
                                       f"--overwrite to start again, or --out DIR")
+        if self.rank == 0:  # a read-only place fails now, in one line, not at the first checkpoint
+            check_writable_dir(self.out, "run folder")
 
     def _device(self) -> torch.device:
         d = self.cfg.device
@@ -426,7 +428,8 @@ class Trainer:
                     self.out / f"grads_step{step}.pt")
 
     def run(self) -> int:
-        """Train until ``train.total_iter``; 0 when finished, 130 when stopped by a signal."""
+        """Train until ``train.total_iter``; 0 when finished, 130 / 143 when stopped by SIGINT /
+        SIGTERM (after saving ``last.pth``)."""
         self._setup()
         cfg, t = self.cfg, self.cfg.train
         self.tb = self._open_tb()
@@ -527,7 +530,7 @@ class Trainer:
             if self.rank == 0:  # always said, even when quiet: the user must know how to continue
                 print(f"stopped at iteration {self.iteration}; checkpoint {self.out / 'last.pth'} "
                       f"(continue with --resume)", file=sys.stderr, flush=True)
-            return 130
+            return 128 + int(self._stop_signal or signal.SIGINT)  # 130 SIGINT, 143 SIGTERM
         if self.rank == 0:
             self._plot()
             if self.val_set is not None and self.best_iter:
@@ -585,7 +588,7 @@ def _resolve_file(name: str, what: str) -> Path:
 
 def train(cfg: Config, out_dir: Union[str, Path, None] = None, resume: Union[bool, str, Path] = False,
           overwrite: bool = False, verbose: bool = True) -> int:
-    """Run a training job; tears down the process group it created. Returns 0 or 130."""
+    """Run a training job; tears down the process group it created. Returns 0, 130 or 143."""
     trainer = Trainer(cfg, out_dir=out_dir, resume=resume, overwrite=overwrite, verbose=verbose)
     try:
         return trainer.run()
