@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ALPHA_MODES",
     "read_image",
+    "probe_image",
     "write_image",
     "to_float",
     "from_float",
@@ -171,6 +172,50 @@ def _cv2_encode(ext: str, arr: np.ndarray) -> bytes:
 
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_MODES = {"1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "P", "RGBA", "LA", "PA", "RGB", "CMYK", "YCbCr",
+          "LAB", "HSV", "RGBX"}
+
+
+def _check_single_frame(im, spath: str) -> None:
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ImageReadError(f"cannot read image {spath!r}: animated or multi-page {im.format} with {frames} frames "
+                             "is not supported (extract the frame you want first)")
+
+
+def probe_image(path: PathLike, allow_float: bool = False) -> Optional[Tuple[int, int]]:
+    """Checks from the header, without decoding the pixels, that :func:`read_image` can read
+    the file: one frame, a supported layout. Cheap enough to run on every input before any
+    work starts.
+
+    Returns:
+        ``(height, width)``, or None for a float colour TIFF (whose size only the decoder knows).
+
+    Raises:
+        ImageReadError: naming the file and the problem (missing, not an image, animated,
+        unsupported mode).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    spath = str(path)
+    if not os.path.isfile(spath):
+        raise ImageReadError(f"cannot read image {spath!r}: no such file")
+    try:
+        with Image.open(spath) as im:
+            _check_single_frame(im, spath)
+            if im.mode not in _MODES and not (im.mode == "F" and im.format == "TIFF" and allow_float):
+                what = "float images are not supported here" if im.mode == "F" else f"unsupported image mode {im.mode!r}"
+                raise ImageReadError(f"cannot read image {spath!r}: {what}")
+            return im.size[1], im.size[0]
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as e:
+        with open(spath, "rb") as f:
+            if allow_float and f.read(4) in _TIFF_MAGIC:
+                return None
+        raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
 
 
 def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
@@ -212,6 +257,7 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
     try:
         with Image.open(spath) as im:
             fmt, mode = im.format or "?", im.mode
+            _check_single_frame(im, spath)
             tile = im.tile[0] if im.tile else None
             rawmode = ""
             if tile is not None:
