@@ -165,7 +165,15 @@ def _cv2_encode(ext: str, arr: np.ndarray) -> bytes:
         arr = arr[..., ::-1]
     elif c == 4:
         arr = arr[..., [2, 1, 0, 3]]
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr))
+    # TIFF: Adobe deflate (zlib) without predictor: lossless and readable without extra codecs (OpenCV's
+    # defaults, LZW and for floats the floating-point predictor, are not decoded by every reader, e.g.
+    # tifffile without imagecodecs)
+    params = []
+    if ext == ".tiff":
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 8]
+        if hasattr(cv2, "IMWRITE_TIFF_PREDICTOR"):
+            params += [cv2.IMWRITE_TIFF_PREDICTOR, 1]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {arr.dtype} {arr.shape} image as {ext}")
     return buf.tobytes()
@@ -253,7 +261,7 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
     spath = str(path)
     if not os.path.isfile(spath):
         raise ImageReadError(f"cannot read image {spath!r}: no such file")
-    mode_alpha = False
+    mode_alpha, rawmode = False, ""
     try:
         with Image.open(spath) as im:
             fmt, mode = im.format or "?", im.mode
@@ -309,7 +317,7 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
             raise
         except Exception as e:  # cv2.error, OSError: all mean a bad file
             raise ImageReadError(f"cannot read image {spath!r}: {str(e).strip().splitlines()[-1]}") from e
-        if mode == "LA" and arr.shape[2] == 4:  # OpenCV expands grey+alpha to BGRA
+        if (mode == "LA" or str(rawmode).startswith("LA")) and arr.shape[2] == 4:  # OpenCV gives grey+alpha as BGRA
             arr = np.ascontiguousarray(arr[..., [0, 3]])
         if arr.dtype.kind == "f":
             if not allow_float:
