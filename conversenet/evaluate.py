@@ -250,8 +250,12 @@ def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
 def load_images(files: Sequence[Path], channels: int) -> List[Tuple[str, np.ndarray]]:
     """Reads ``files`` as uint8 (H, W, channels) ground truths: grey replicated to RGB for
     3-channel models; colour for a 1-channel model is an :class:`EvalError`. 16-bit images
-    are reduced to 8 bits (the protocols are defined on uint8)."""
+    are reduced to 8 bits (the protocols are defined on uint8).
+
+    Names are the file stems; files that share a stem (``a.png``, ``a.jpg``) are named
+    ``a_png``, ``a_jpg`` so that their rows and output images stay apart."""
     out = []
+    stems = [f.stem for f in files]
     for f in files:
         try:
             arr, info = read_image(f, alpha="drop")
@@ -267,7 +271,8 @@ def load_images(files: Sequence[Path], channels: int) -> List[Tuple[str, np.ndar
             )
         if channels == 3 and c == 1:
             arr = gray_to_rgb(arr)
-        out.append((f.stem, np.ascontiguousarray(arr)))
+        name = f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        out.append((name, np.ascontiguousarray(arr)))
     return out
 
 

@@ -463,14 +463,15 @@ def run_files(args) -> int:
     # every input and output is checked before the first network call
     todo, sizes = [], {}
     for (src, dest), cmp_dest in zip(plans, cmp_dests):
-        why = output_problem(dest, args.overwrite, protect_real)
+        why = None
+        try:
+            sizes[src] = probe_input(src)
+        except ImageReadError as e:
+            why = str(e)
+        if why is None:
+            why = output_problem(dest, args.overwrite, protect_real)
         if why is None and cmp_dest is not None:
             why = output_problem(cmp_dest, args.overwrite, protect_real)
-        if why is None:
-            try:
-                sizes[src] = probe_input(src)
-            except ImageReadError as e:
-                why = str(e)
         if why is not None:
             problems.append(why if str(src) in why else f"{src}: {why}")
         else:
@@ -624,12 +625,13 @@ def run_degrade(args) -> int:
     check_output_folders([d for _, d in plans])
     todo = []
     for src, dest in plans:  # all inputs and outputs checked before any work
-        why = output_problem(dest, args.overwrite, protect_real)
+        why = None
+        try:
+            probe_input(src)
+        except Exception as e:  # ImageReadError
+            why = str(e)
         if why is None:
-            try:
-                probe_input(src)
-            except Exception as e:  # ImageReadError
-                why = str(e)
+            why = output_problem(dest, args.overwrite, protect_real)
         if why is None:
             todo.append((src, dest))
         else:
