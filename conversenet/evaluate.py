@@ -239,9 +239,15 @@ def resolve_kernel(spec: Union[str, os.PathLike], data_root=None) -> Tuple[np.nd
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
-    """Image files (by extension) directly in ``folder``, sorted by name."""
+    """Image files (by extension) directly in ``folder``, sorted by name; a broken symbolic
+    link with an image name is an :class:`EvalError`."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:  # a missing image would silently change the averages
+        raise EvalError(f"dataset folder {folder}: broken symbolic link(s) (dangling or a loop): "
+                        + ", ".join(p.name for p in broken))
+    files = [p for p in entries if p.is_file()]
     if not files:
         raise EvalError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files

@@ -421,6 +421,14 @@ def test_reliability_broken_links_in_an_input_folder_are_reported(ckpts, tmp_pat
     assert _names(tmp_path / "out") == ["a.png"]
 
 
+def test_reliability_eval_refuses_a_dataset_with_a_broken_link(three_images, tmp_path, capsys):
+    (three_images / "d.png").symlink_to(tmp_path / "gone.png")
+    rc = main(["eval", "--model", "converse_dncnn", "--weights", "none", "--dataset", str(three_images),
+               "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "d.png" in line and "broken symbolic link" in line
+
+
 def test_reliability_unwritable_output_folder_stops_before_the_model(ckpts, tmp_path, monkeypatch, capsys):
     ro = _read_only_dir()
     write_image(tmp_path / "a.png", _img(0, (24, 24, 1)))

@@ -11,9 +11,13 @@ Examples::
 
 INPUT may be files, folders (their images, not recursing) or glob patterns. Each output
 keeps its input's format, bit depth and channels (``.npy`` float inputs give ``.npy``
-float32 outputs). Inputs are never overwritten, outputs only with ``--overwrite``; a
-file that cannot be read or restored is reported and skipped, and the exit code is 1
-when any file failed. See docs/RESTORE.md.
+float32 outputs, float TIFF float TIFF). Inputs are never overwritten, outputs and
+comparisons only with ``--overwrite``; outputs of one run that would share a name get
+distinct ones (``a_png``, ``a_jpg``; a ``note:`` line says so). Every input (its header) and
+every output path is checked before the model loads; a file that fails a check, cannot be
+read or restored is reported (one line) and skipped, and the exit code is 1 when any file
+failed. Broken symbolic links among the inputs are reported the same way. See
+docs/RESTORE.md.
 
 One module serves all five commands: ``add_parser`` registers them on its first call
 (the dispatcher calls it once per command name).
