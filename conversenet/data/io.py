@@ -47,6 +47,7 @@ round back), :func:`to_tensor` / :func:`to_image` (torch (C, H, W) or (1, C, H, 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Tuple, Union
@@ -129,6 +130,14 @@ def _handle_alpha(arr: np.ndarray, alpha: str, background: float, path: str) -> 
 
 def _cv2():
     """OpenCV, imported on first use (16-bit colour and float files only)."""
+    if "cv2" not in sys.modules:
+        # OpenCV's own decompression-bomb limit, read when it loads: the one Pillow enforces
+        # (a float colour TIFF, which Pillow cannot open, reaches OpenCV without Pillow's check)
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit:
+            os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * int(limit)))
     try:
         import cv2
     except ImportError as e:  # a core dependency; only a broken install gets here
@@ -185,7 +194,8 @@ _MODES = {"1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "P", "RGBA", "LA", "
 
 
 def _check_single_frame(im, spath: str) -> None:
-    frames = getattr(im, "n_frames", 1)
+    # MPO is how Pillow opens many camera JPEGs (the photo plus previews): the first frame is the photo
+    frames = getattr(im, "n_frames", 1) if im.format != "MPO" else 1
     if frames > 1:
         raise ImageReadError(f"cannot read image {spath!r}: animated or multi-page {im.format} with {frames} frames "
                              "is not supported (extract the frame you want first)")
@@ -316,7 +326,10 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
         except ImageReadError:
             raise
         except Exception as e:  # cv2.error, OSError: all mean a bad file
-            raise ImageReadError(f"cannot read image {spath!r}: {str(e).strip().splitlines()[-1]}") from e
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            if "MAX_IMAGE_PIXELS" in why:
+                why = f"more than {os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS')} pixels (decompression-bomb limit)"
+            raise ImageReadError(f"cannot read image {spath!r}: {why}") from e
         if (mode == "LA" or str(rawmode).startswith("LA")) and arr.shape[2] == 4:  # OpenCV gives grey+alpha as BGRA
             arr = np.ascontiguousarray(arr[..., [0, 3]])
         if arr.dtype.kind == "f":
