@@ -124,7 +124,9 @@ def check_writable_dir(folder: Union[str, os.PathLike], what: str = "output fold
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".conversenet-probe.", suffix=".tmp")
     except OSError as e:
-        raise WriteError(folder if probe == folder else probe, e) from None
+        if probe != folder:  # name the folder asked for and where creation failed
+            e = OSError(e.errno, f"{e.strerror} (creating files in {probe})")
+        raise WriteError(folder, e) from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -215,7 +215,7 @@ def _disambiguate(dests: List[Path], sources: List[Path], ext: str) -> Tuple[Lis
             cand, i = d.with_name(f"{stem}_{i}{ext}"), i + 1
         taken.add(str(cand.resolve()))
         out.append(cand)
-        notes.append(f"note: {src} -> {cand} ({d.name} is shared by several inputs)")
+        notes.append(f"note: {src} -> {cand} ({d.name} would be the name of several outputs of this run)")
     return out, notes
 
 
