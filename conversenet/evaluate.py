@@ -239,9 +239,15 @@ def resolve_kernel(spec: Union[str, os.PathLike], data_root=None) -> Tuple[np.nd
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
-    """Image files (by extension) directly in ``folder``, sorted by name."""
+    """Image files (by extension) directly in ``folder``, sorted by name; a broken symbolic
+    link with an image name is an :class:`EvalError`."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:  # a missing image would silently change the averages
+        raise EvalError(f"dataset folder {folder}: broken symbolic link(s) (dangling or a loop): "
+                        + ", ".join(p.name for p in broken))
+    files = [p for p in entries if p.is_file()]
     if not files:
         raise EvalError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files
@@ -250,8 +256,12 @@ def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
 def load_images(files: Sequence[Path], channels: int) -> List[Tuple[str, np.ndarray]]:
     """Reads ``files`` as uint8 (H, W, channels) ground truths: grey replicated to RGB for
     3-channel models; colour for a 1-channel model is an :class:`EvalError`. 16-bit images
-    are reduced to 8 bits (the protocols are defined on uint8)."""
+    are reduced to 8 bits (the protocols are defined on uint8).
+
+    Names are the file stems; files that share a stem (``a.png``, ``a.jpg``) are named
+    ``a_png``, ``a_jpg`` so that their rows and output images stay apart."""
     out = []
+    stems = [f.stem for f in files]
     for f in files:
         try:
             arr, info = read_image(f, alpha="drop")
@@ -267,7 +277,8 @@ def load_images(files: Sequence[Path], channels: int) -> List[Tuple[str, np.ndar
             )
         if channels == 3 and c == 1:
             arr = gray_to_rgb(arr)
-        out.append((f.stem, np.ascontiguousarray(arr)))
+        name = f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        out.append((name, np.ascontiguousarray(arr)))
     return out
 
 

@@ -122,8 +122,6 @@ def figure2(maps: Dict[str, object], path, title: Optional[str] = None, dpi: int
     except ImportError as e:
         raise ImportError("drawing the figure needs matplotlib: pip install 'conversenet[plot]' "
                           "(or pip install matplotlib)") from e
-    import os
-    import tempfile
     from pathlib import Path
 
     cols = [("Y", "input Y"), ("K", "kernel K"), ("X", "output X*"), ("XK", "X* \u2297 K"), ("E", "Y \u2212 X* \u2297 K")]
@@ -151,14 +149,10 @@ def figure2(maps: Dict[str, object], path, title: Optional[str] = None, dpi: int
         axes[r, 0].set_ylabel(f"channel {maps['channels'][r]}\n\u03bb={float(maps['lam'][r]):.1e}", fontsize=8)
     fig.suptitle(title or f"Converse2D layer {maps['layer']}", fontsize=10)
     fig.tight_layout()
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".png")
-    os.close(fd)
+    from ._atomic import atomic_open
+
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, dest)
+        with atomic_open(Path(path), "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -96,7 +96,7 @@ def test_plot_and_missing_matplotlib_notice(tmp_path, monkeypatch, capsys):
 
 
 FINAL = {"last.pth", "best.pth", "config.yaml", "metrics.csv", "curves.png"}
-TMP = re.compile(r"^\..+\.\d+\.tmp$")
+TMP = re.compile(r"^\..+\.\d+\.[A-Za-z0-9_]+\.tmp$")  # .NAME.PID.RANDOM.tmp (conversenet._atomic)
 
 
 def _kill_and_resume(tmp_path: Path, sig: int):

@@ -3,14 +3,29 @@
 Each command lives in its own module ``conversenet.cli.<name>`` that defines
 ``add_parser(subparsers)`` (registering its arguments and ``func``) and is imported only
 when the command line is parsed, so that ``import conversenet`` stays light.
+
+Stopping: every command runs under :func:`stop_signals`: SIGINT raises
+``KeyboardInterrupt`` and SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``),
+whatever disposition the process inherited (a shell script's ``cmd &`` starts jobs with
+SIGINT ignored, and Python keeps an inherited SIG_IGN). Writers are atomic, so the
+exception leaves no partial file; :func:`main` prints one line and exits with 130
+(SIGINT) or 143 (SIGTERM), i.e. 128 + the signal number. ``conversenet train`` replaces
+these handlers during its loop with its own, which save a checkpoint first.
+
+Errors: :class:`CLIError` (bad arguments or input) exits 2; a file that cannot be
+written (:class:`conversenet._atomic.WriteError`: read-only folder, full disk) exits 1;
+both print one line, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Iterator, List, Optional
 
 # command name -> module under conversenet.cli
 COMMANDS = {
@@ -31,6 +46,42 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler of :func:`stop_signals` (exit code 143).
+
+    A subclass of ``KeyboardInterrupt`` so that every clean-up written for Ctrl-C (removing
+    temporaries, saving partial results) also runs on SIGTERM."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:  # noqa: ARG001
+    raise Terminated()
+
+
+def exit_code(e: KeyboardInterrupt) -> int:
+    """128 + the signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    return 128 + int(getattr(e, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT -> ``KeyboardInterrupt``, SIGTERM -> :class:`Terminated` while the block runs,
+    installed explicitly (an inherited SIG_IGN would otherwise make the command
+    unstoppable); the previous handlers are restored afterwards. A no-op off the main
+    thread, where Python cannot install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    prev = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+    try:
+        yield
+    finally:
+        for sig, h in prev.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -47,14 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .._atomic import WriteError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = args.func(args)
+        with stop_signals():
+            rc = args.func(args)
     except CLIError as e:
         print(f"conversenet {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except WriteError as e:
+        print(f"conversenet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        code = exit_code(e)
+        print(f"conversenet {args.command}: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); "
+              "no partial files left", file=sys.stderr)
+        return code
     return int(rc or 0)

@@ -10,8 +10,8 @@ The model's task picks the protocol (see :mod:`conversenet.evaluate`). Outputs g
 ``--out`` (default ``results/<model>_<dataset>[_<kernel>]``): ``restored/*.png``,
 ``compare/*.png`` (with ``--compare``), ``results.csv`` and ``results.json``.
 
-Ctrl-C (SIGINT) stops a run after the current network call with exit code 130 and one
-line on stderr; ``results.csv``/``results.json`` then hold the images finished so far
+Ctrl-C (SIGINT) or SIGTERM stops a run after the current network call with exit code 130
+(143 for SIGTERM) and one line on stderr; ``results.csv``/``results.json`` then hold the images finished so far
 (``"complete": false, "interrupted": true``), written atomically.
 """
 
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, exit_code
 
 
 def add_parser(sub) -> None:
@@ -119,43 +119,39 @@ def _fmt_row(name: str, r: dict, y: bool, width: int) -> str:
 
 
 def run(args) -> int:
-    """Entry point of ``conversenet eval``; see :func:`_run`. Installs Python's KeyboardInterrupt
-    handler for SIGINT while it runs: a shell without job control (a script's ``cmd &``) starts
-    background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN, so without this
-    ``kill -INT`` / Ctrl-C had no effect on such a run (``conversenet train`` installs its own handler)."""
+    """Entry point of ``conversenet eval``; see :func:`_run`. SIGINT and SIGTERM raise
+    ``KeyboardInterrupt`` here whatever the inherited disposition (the dispatcher's
+    :func:`conversenet.cli.stop_signals`); the rows finished so far are then written and the
+    exit code is 130 (SIGINT) or 143 (SIGTERM)."""
     state: dict = {}
-    prev = None
-    if threading.current_thread() is threading.main_thread():
-        prev = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run(args, state)
-    except KeyboardInterrupt:
-        return _interrupted(state)
-    finally:
-        if prev is not None:
-            signal.signal(signal.SIGINT, prev)
+    except KeyboardInterrupt as e:
+        return _interrupted(state, exit_code(e))
 
 
-def _interrupted(state: dict) -> int:
-    """Writes the rows finished before the interrupt (if any) and prints one line; returns 130."""
+def _interrupted(state: dict, code: int = 130) -> int:
+    """Writes the rows finished before the interrupt (if any) and prints one line; returns ``code``."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short write
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut this short write
+            signal.signal(sig, signal.SIG_IGN)
     write = state.get("write_partial")
     rows = state.get("rows") or []
     if write is None or not rows:
         print("conversenet eval: interrupted before the first image was finished; no results written",
               file=sys.stderr)
-        return 130
+        return code
     _, json_path = write(interrupted=True)
     print(f"conversenet eval: interrupted after {len(rows)} of {state['total']} images; "
           f"partial results: {json_path}", file=sys.stderr)
-    return 130
+    return code
 
 
 def _run(args, state: dict) -> int:
     import torch
 
     from .. import evaluate as ev
+    from .._atomic import WriteError, check_writable_dir
 
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
@@ -174,6 +170,14 @@ def _run(args, state: dict) -> int:
         kernel, kname = (None, "")
         if args.kernel is not None:
             kernel, kname = ev.resolve_kernel(args.kernel, args.data_root)
+        ds = Path(args.dataset).name if folder == Path(args.dataset) else args.dataset.lower()
+        out = Path(args.out) if args.out else Path("results") / "_".join(x for x in (args.model, ds, kname) if x)
+        if folder.resolve() in ((out / "restored").resolve(), (out / "compare").resolve()):
+            raise CLIError(f"--out {out} would write into the dataset folder {folder}; choose another output folder")
+        try:  # a read-only or missing place fails here, in one line, before the network runs
+            check_writable_dir(out, "--out")
+        except WriteError as e:
+            raise CLIError(f"--out: {e}") from None
         model = _load_model(name, args.weights).to(device)
         proto = ev.protocol_for(model, sigma=args.sigma, scale=args.scale, kernel=kernel, kernel_name=kname)
         images = ev.load_images(files, int(getattr(model, "in_channels", 3)))
@@ -183,10 +187,6 @@ def _run(args, state: dict) -> int:
     except ev.EvalError as e:
         raise CLIError(str(e)) from e
 
-    ds = Path(args.dataset).name if folder == Path(args.dataset) else args.dataset.lower()
-    out = Path(args.out) if args.out else Path("results") / "_".join(x for x in (args.model, ds, kname) if x)
-    if folder.resolve() in ((out / "restored").resolve(), (out / "compare").resolve()):
-        raise CLIError(f"--out {out} would write into the dataset folder {folder}; choose another output folder")
     y = proto.test_y
     width = max(12, max(len(n) for n, _ in images))
     print(f"model {name} ({args.weights}) on {folder} ({len(images)} images), device {device}, "

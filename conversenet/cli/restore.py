@@ -11,9 +11,13 @@ Examples::
 
 INPUT may be files, folders (their images, not recursing) or glob patterns. Each output
 keeps its input's format, bit depth and channels (``.npy`` float inputs give ``.npy``
-float32 outputs). Inputs are never overwritten, outputs only with ``--overwrite``; a
-file that cannot be read or restored is reported and skipped, and the exit code is 1
-when any file failed. See docs/RESTORE.md.
+float32 outputs, float TIFF float TIFF). Inputs are never overwritten, outputs and
+comparisons only with ``--overwrite``; outputs of one run that would share a name get
+distinct ones (``a_png``, ``a_jpg``; a ``note:`` line says so). Every input (its header) and
+every output path is checked before the model loads; a file that fails a check, cannot be
+read or restored is reported (one line) and skipped, and the exit code is 1 when any file
+failed. Broken symbolic links among the inputs are reported the same way. See
+docs/RESTORE.md.
 
 One module serves all five commands: ``add_parser`` registers them on its first call
 (the dispatcher calls it once per command name).
@@ -21,6 +25,7 @@ One module serves all five commands: ``add_parser`` registers them on its first 
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import sys
@@ -124,11 +129,33 @@ def _known_ext() -> set:
     return set(IMAGE_EXTENSIONS) | {NPY}
 
 
-def collect_inputs(specs: List[str]) -> List[Tuple[Path, Path]]:
-    """``[(file, relative output name)]`` for files, folders (their image files) and globs."""
+def _broken_link(f: Path) -> Optional[str]:
+    """Why the symbolic link ``f`` cannot be followed (loop, dangling), or None."""
+    if not f.is_symlink():
+        return None
+    try:
+        os.stat(f)
+    except OSError as e:
+        try:
+            target = os.readlink(f)
+        except OSError:
+            target = "?"
+        why = ("symbolic link loop" if e.errno == errno.ELOOP
+               else "dangling symbolic link" if e.errno == errno.ENOENT else f"unreadable link ({e.strerror})")
+        return f"{why} (-> {target})"
+    return None
+
+
+def collect_inputs(specs: List[str], problems: Optional[List[str]] = None) -> List[Tuple[Path, Path]]:
+    """``[(file, relative output name)]`` for files, folders (their image files) and globs.
+
+    Entries of a folder or glob that have an image name but are broken symbolic links
+    (dangling, or a loop) are not inputs; each adds one line to ``problems``.
+    """
     exts = _known_ext()
     out: List[Tuple[Path, Path]] = []
     seen = set()
+    problems = [] if problems is None else problems
 
     def add(f: Path, rel: Path) -> None:
         key = os.path.realpath(f)
@@ -136,29 +163,69 @@ def collect_inputs(specs: List[str]) -> List[Tuple[Path, Path]]:
             seen.add(key)
             out.append((f, rel))
 
+    def consider(f: Path) -> None:
+        if f.suffix.lower() not in exts:
+            return
+        why = _broken_link(f)
+        if why is not None:
+            problems.append(f"{f}: {why}; skipped")
+        elif f.is_file():
+            add(f, Path(f.name))
+
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts and not f.name.startswith("."))
-            for f in files:
-                add(f, Path(f.name))
+            for f in sorted(p.iterdir()):
+                if not f.name.startswith("."):
+                    consider(f)
         elif p.exists():
             add(p, Path(p.name))
+        elif _broken_link(p) is not None:
+            problems.append(f"{p}: {_broken_link(p)}; skipped")
         else:
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
                 raise CLIError(f"input {spec!r}: no such file, folder or matching pattern")
             for m in matches:
-                mp = Path(m)
-                if mp.is_file() and mp.suffix.lower() in exts:
-                    add(mp, Path(mp.name))
+                consider(Path(m))
     if not out:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
         raise CLIError("no input images found (supported: " + ", ".join(sorted(exts)) + ")")
     return out
 
 
-def plan_outputs(items: List[Tuple[Path, Path]], output: str, ext: Optional[str] = None) -> List[Tuple[Path, Path]]:
-    """``[(input, output path)]``; OUT is a file name only for a single input with an image extension."""
+def _disambiguate(dests: List[Path], sources: List[Path], ext: str) -> Tuple[List[Path], List[str]]:
+    """Output names that would collide (``a.png`` and ``a.jpg`` both giving ``a<ext>``) get the
+    source's extension in the name (``a_png<ext>``, ``a_jpg<ext>``); returns the names and a
+    note per renamed file."""
+    keys = [str(d.resolve()) for d in dests]
+    count: Dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    taken = {k for k in keys if count[k] == 1}
+    out, notes = [], []
+    for d, src, k in zip(dests, sources, keys):
+        if count[k] == 1:
+            out.append(d)
+            continue
+        stem = f"{d.stem}_{src.suffix.lstrip('.').lower() or 'noext'}"
+        cand, i = d.with_name(stem + ext), 2
+        while str(cand.resolve()) in taken:
+            cand, i = d.with_name(f"{stem}_{i}{ext}"), i + 1
+        taken.add(str(cand.resolve()))
+        out.append(cand)
+        notes.append(f"note: {src} -> {cand} ({d.name} would be the name of several outputs of this run)")
+    return out, notes
+
+
+def plan_outputs(items: List[Tuple[Path, Path]], output: str, ext: Optional[str] = None,
+                 notes: Optional[List[str]] = None) -> List[Tuple[Path, Path]]:
+    """``[(input, output path)]``; OUT is a file name only for a single input with an image extension.
+
+    With ``ext`` (a format change, e.g. ``degrade --format npy``) inputs that differ only in
+    their extension get distinct names (see :func:`_disambiguate`; a line in ``notes`` each).
+    Inputs of the same name from different folders are refused (they cannot be told apart)."""
     outp = Path(output)
     if len(items) == 1 and outp.suffix.lower() in _known_ext() and not outp.is_dir():
         return [(items[0][0], outp)]
@@ -167,17 +234,61 @@ def plan_outputs(items: List[Tuple[Path, Path]], output: str, ext: Optional[str]
     plans = []
     taken: Dict[str, Path] = {}
     for f, rel in items:
-        dest = outp / (rel.with_suffix(ext) if ext else rel)
+        dest = outp / rel
         key = str(dest.resolve())
         if key in taken:
             raise CLIError(f"inputs {taken[key]} and {f} would both be written to {dest}; restore them separately")
         taken[key] = f
         plans.append((f, dest))
+    if ext:
+        dests, more = _disambiguate([d.with_suffix(ext) for _, d in plans], [f for f, _ in plans], ext)
+        plans = [(f, d) for (f, _), d in zip(plans, dests)]
+        if notes is not None:
+            notes.extend(more)
     return plans
 
 
+def compare_paths(plans: List[Tuple[Path, Path]], output: str, notes: Optional[List[str]] = None) -> List[Path]:
+    """``OUT/compare/<stem>.png`` per plan; outputs that share a stem (``a.png``, ``a.jpg``) get
+    ``<stem>_<ext>.png`` instead, so that no comparison replaces another of the same run."""
+    folder = (plans[0][1].parent if len(plans) == 1 and plans[0][1].suffix else Path(output)) / "compare"
+    dests, more = _disambiguate([folder / (d.stem + ".png") for _, d in plans], [d for _, d in plans], ".png")
+    if notes is not None:
+        notes.extend(m.replace("note: ", "note: comparison of ") for m in more)
+    return dests
+
+
+def probe_input(path: Path) -> Optional[Tuple[int, int]]:
+    """Checks an input from its header before any work: ``(height, width)`` (None when only
+    the decoder knows). Raises ImageReadError naming the file."""
+    import numpy as np
+
+    from ..data import ImageReadError, probe_image
+
+    if path.suffix.lower() == NPY:
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # ValueError, OSError, EOFError...: all mean an unreadable file
+            raise ImageReadError(f"cannot read {str(path)!r}: {e}") from e
+        _check_npy_layout(path, a)
+        return int(a.shape[0]), int(a.shape[1])
+    return probe_image(path, allow_float=True)
+
+
+def _check_npy_layout(path: Path, a) -> None:
+    from ..data import ImageReadError
+
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 2, 3, 4))) or a.dtype.kind not in "fu" \
+            or a.dtype.itemsize > 8 or (a.dtype.kind == "u" and a.dtype.itemsize > 2):
+        raise ImageReadError(f"cannot read {str(path)!r}: expected an (H, W) or (H, W, C) float or uint8/uint16 "
+                             f"array, got {a.dtype} {a.shape}")
+
+
 def read_input(path: Path):
-    """(float32 (H, W, C) image, bit depth 8/16 or 0 for float .npy, original dtype)."""
+    """(float32 (H, W, C) image, bit depth 8/16 or 0 for float .npy/TIFF, original dtype).
+
+    Float inputs holding NaN or infinity are refused (ImageReadError naming the file): the
+    network would turn them into an all-NaN result."""
     import numpy as np
 
     from ..data import ImageReadError, read_image, to_float
@@ -187,20 +298,23 @@ def read_input(path: Path):
             a = np.load(path, allow_pickle=False)
         except Exception as e:  # ValueError, OSError, EOFError...: all mean an unreadable file
             raise ImageReadError(f"cannot read {str(path)!r}: {e}") from e
+        _check_npy_layout(path, a)
         if a.ndim == 2:
             a = a[..., None]
-        if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.dtype.kind not in "fu":
-            raise ImageReadError(f"cannot read {str(path)!r}: expected an (H, W) or (H, W, C) float/uint array, "
-                                 f"got {a.dtype} {a.shape}")
         if a.dtype.kind == "f":
+            if not np.isfinite(a).all():
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                raise ImageReadError(f"cannot read {str(path)!r}: {bad} value(s) are NaN or infinite")
             return a.astype(np.float32), 0, a.dtype
         return to_float(a), 16 if a.dtype == np.uint16 else 8, a.dtype
-    arr, info = read_image(path, alpha="keep")
+    arr, info = read_image(path, alpha="keep", allow_float=True)  # refuses non-finite float TIFF
+    if arr.dtype.kind == "f":
+        return arr, 0, arr.dtype
     return to_float(arr), info.bit_depth, arr.dtype
 
 
 def write_output(dest: Path, out, bit_depth: int, overwrite: bool, protect) -> None:
-    """float (H, W, C) in [0, 1] -> file; ``bit_depth`` 0 writes float32 .npy."""
+    """float (H, W, C) in [0, 1] -> file; ``bit_depth`` 0 writes float32 (.npy or TIFF)."""
     import numpy as np
 
     from ..data import from_float, write_image
@@ -208,29 +322,50 @@ def write_output(dest: Path, out, bit_depth: int, overwrite: bool, protect) -> N
     if dest.suffix.lower() == NPY:
         _save_npy(dest, out.astype(np.float32) if bit_depth == 0 else from_float(out, bit_depth), overwrite, protect)
         return
+    if bit_depth == 0 and dest.suffix.lower() in (".tif", ".tiff") and out.shape[2] != 2:
+        write_image(dest, out.astype(np.float32), overwrite=overwrite, protect=protect)
+        return
     write_image(dest, from_float(out, bit_depth or 8), overwrite=overwrite, protect=protect)
 
 
 def _save_npy(dest: Path, arr, overwrite: bool, protect) -> None:
-    import tempfile
-
     import numpy as np
+
+    from .._atomic import atomic_open
 
     for p in protect:
         if os.path.realpath(dest) == os.path.realpath(p):
             raise ValueError(f"refusing to write {str(dest)!r}: it is a protected (input) path")
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{str(dest)!r} exists (pass --overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(dest, "wb") as f:
+        np.save(f, arr)
+
+
+def output_problem(dest: Path, overwrite: bool, protect_real: set) -> Optional[str]:
+    """Why ``dest`` cannot be written by this run (an input, exists without --overwrite, a
+    format no writer has), or None."""
+    if os.path.realpath(dest) in protect_real:
+        return f"refusing to write {dest}: it is a protected path, an input (inputs are never replaced)"
+    if dest.suffix.lower() not in _known_ext():
+        return f"cannot write {dest}: no writer for {dest.suffix or 'a name without extension'} " \
+               f"(use one of {', '.join(sorted(_known_ext()))})"
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        return f"{dest} exists (use --overwrite to replace it)"
+    if dest.is_dir():
+        return f"{dest} is a folder"
+    return None
+
+
+def check_output_folders(dests) -> None:
+    """Every distinct output folder must accept new files (CLIError otherwise), checked before work."""
+    from .._atomic import WriteError, check_writable_dir
+
+    for folder in sorted({str(Path(d).parent) for d in dests}):
+        try:
+            check_writable_dir(folder)
+        except WriteError as e:
+            raise CLIError(f"output folder: {e}") from None
 
 
 def side_by_side(*imgs, gap: int = 4):
@@ -304,19 +439,57 @@ def _load(args, task: str, device, blind: bool = False, log=None):
 # denoise / sr / deblur
 # --------------------------------------------------------------------------------------
 def run_files(args) -> int:
+    """denoise / sr / deblur. Order: options, inputs (headers) and output paths for ALL files,
+    then the model, then one image at a time. Problems found before the model loads are
+    reported one line each and those files are skipped (exit code 1); a folder that cannot
+    take the outputs stops the run (exit code 2) before any work."""
     import numpy as np
     from tqdm import tqdm
 
     from .. import restore as R
+    from ..data import ImageReadError
     from ..evaluate import model_min_side
 
     task = args.task
     device, tile, overlap, budget = _setup(args)
-    items = collect_inputs(args.inputs)
+    problems: List[str] = []
+    notes: List[str] = []
+    items = collect_inputs(args.inputs, problems)
     plans = plan_outputs(items, args.output)
+    cmp_dests = compare_paths(plans, args.output, notes) if args.compare else [None] * len(plans)
     gt_dir = Path(args.ground_truth) if args.ground_truth else None
     if gt_dir is not None and not gt_dir.is_dir():
         raise CLIError(f"--ground-truth {args.ground_truth!r} is not a folder")
+    protect = [f for f, _ in plans]
+    protect_real = {os.path.realpath(f) for f in protect}
+    check_output_folders([d for _, d in plans] + [c for c in cmp_dests if c is not None])
+
+    # every input and output is checked before the first network call
+    todo, sizes = [], {}
+    for (src, dest), cmp_dest in zip(plans, cmp_dests):
+        why = None
+        try:
+            sizes[src] = probe_input(src)
+        except ImageReadError as e:
+            why = str(e)
+        if why is None:
+            why = output_problem(dest, args.overwrite, protect_real)
+        if why is None and cmp_dest is not None:
+            why = output_problem(cmp_dest, args.overwrite, protect_real)
+        if why is not None:
+            problems.append(why if str(src) in why else f"{src}: {why}")
+        else:
+            todo.append((src, dest, cmp_dest))
+    for line in notes:
+        print(line)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    failed = len(problems)
+    n_total = len(todo) + failed
+    if not todo:
+        print(f"done: 0 written, {failed} failed")
+        return 1
+
     lm = _load(args, task, device, blind=getattr(args, "blind", False), log=print)
     net = lm.model
     if task == "sr" and args.scale != net.scale:
@@ -326,20 +499,22 @@ def run_files(args) -> int:
               file=sys.stderr)
     kernel = _kernel_for(args, lm)
     min_side = model_min_side(net)
-    protect = [f for f, _ in plans]
-    print(f"{task}: {len(plans)} image(s) -> {args.output} on {device}"
+    small = [(src, sizes[src]) for src, _, _ in todo if sizes[src] is not None and min(sizes[src]) < min_side]
+    for src, (h, w) in small:
+        failed += 1
+        print(f"error: {src}: image is {h}x{w}, smaller than the model's minimum side {min_side}", file=sys.stderr)
+    todo = [t for t in todo if t[0] not in {s for s, _ in small}]
+    print(f"{task}: {len(todo)} image(s) -> {args.output} on {device}"
           + (f", tiles <= {tile}" if tile else ", tiling only above " + f"{budget / 2**30:.3g} GiB")
           + f", overlap {overlap}")
     sys.stdout.flush()
 
-    failed, psnrs = [], []
-    bar = tqdm(plans, desc=task, unit="img", disable=not args.progress, dynamic_ncols=True, file=sys.stderr)
-    for src, dest in bar:
+    psnrs: list = []
+    bar = tqdm(todo, desc=task, unit="img", disable=not args.progress, dynamic_ncols=True, file=sys.stderr)
+    for src, dest, cmp_dest in bar:
         bar.set_postfix_str(src.name)
         t0 = time.perf_counter()
         try:
-            if dest.exists() and not args.overwrite and os.path.realpath(dest) not in map(os.path.realpath, protect):
-                raise FileExistsError(f"{dest} exists (use --overwrite to replace it)")
             img, depth, _ = read_input(src)
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
@@ -349,22 +524,23 @@ def run_files(args) -> int:
             msg = f"{src} -> {dest} ({out.shape[1]}x{out.shape[0]}, {time.perf_counter() - t0:.1f} s)"
             if gt_dir is not None:
                 msg += _psnr_note(src, out, task, net, gt_dir, psnrs)
-            if args.compare:
-                cmp_dest = (dest.parent if len(plans) == 1 and dest.suffix else Path(args.output)) / "compare" / (dest.stem + ".png")
+            if cmp_dest is not None:
                 from ..data import from_float, write_image
 
                 lq8 = from_float(np.clip(img[..., : out.shape[2]], 0, 1), 8)
-                write_image(cmp_dest, side_by_side(lq8, from_float(out, 8)), overwrite=True, protect=protect)
+                write_image(cmp_dest, side_by_side(lq8, from_float(np.clip(out, 0, 1), 8)),
+                            overwrite=args.overwrite, protect=protect)
+                msg += f"; comparison {cmp_dest}"
             tqdm.write(msg)
         except Exception as e:  # one bad file must not stop the others
-            failed.append(src)
-            tqdm.write(f"error: {src}: {e}", file=sys.stderr)
+            failed += 1
+            tqdm.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", file=sys.stderr)
         sys.stdout.flush()
     bar.close()
     if psnrs:
         print(f"average PSNR {np.mean([p for p, _ in psnrs]):.4f} dB, SSIM {np.mean([s for _, s in psnrs]):.4f} "
               f"over {len(psnrs)} image(s)")
-    print(f"done: {len(plans) - len(failed)} written, {len(failed)} failed")
+    print(f"done: {n_total - failed} written, {failed} failed")
     return 1 if failed else 0
 
 
@@ -444,11 +620,33 @@ def run_degrade(args) -> int:
             raise CLIError(str(e)) from e
         proto = Protocol("deblur", sigma=2.55 if args.sigma is None else args.sigma, crop_border=1,
                          kernel_name=args.kernel, kernel=k, multiple=8)
-    items = collect_inputs(args.inputs)
-    plans = plan_outputs(items, args.output, ext="." + args.format)
+    problems: List[str] = []
+    notes: List[str] = []
+    items = collect_inputs(args.inputs, problems)
+    plans = plan_outputs(items, args.output, ext="." + args.format, notes=notes)
     protect = [f for f, _ in plans]
-    failed = 0
-    for src, dest in plans:
+    protect_real = {os.path.realpath(f) for f in protect}
+    check_output_folders([d for _, d in plans])
+    todo = []
+    for src, dest in plans:  # all inputs and outputs checked before any work
+        why = None
+        try:
+            probe_input(src)
+        except Exception as e:  # ImageReadError
+            why = str(e)
+        if why is None:
+            why = output_problem(dest, args.overwrite, protect_real)
+        if why is None:
+            todo.append((src, dest))
+        else:
+            problems.append(why if str(src) in why else f"{src}: {why}")
+    for line in notes:
+        print(line)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    failed = len(problems)
+    n_total = len(todo) + failed
+    for src, dest in todo:
         try:
             gt, info = read_image(src)
             if gt.dtype != np.uint8:
@@ -462,7 +660,7 @@ def run_degrade(args) -> int:
         except Exception as e:
             failed += 1
             print(f"error: {src}: {e}", file=sys.stderr)
-    print(f"done: {len(plans) - failed} written, {failed} failed")
+    print(f"done: {n_total - failed} written, {failed} failed")
     return 1 if failed else 0
 
 

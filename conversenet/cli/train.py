@@ -12,8 +12,10 @@ pass ``--import MODULE``: that module is imported, i.e. its code runs, before th
 is read. Checkpoints are loaded with ``torch.load(weights_only=True)`` only.
 
 Also under torchrun: ``torchrun --nproc_per_node=2 -m conversenet train CONFIG.yaml``.
-Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM after saving ``last.pth``, 2 on a
-configuration or input error (one line, no traceback).
+Exit status: 0 finished, 130 / 143 stopped by SIGINT / SIGTERM after saving ``last.pth``, 2 on
+a configuration or input error, 1 when a file cannot be written (full disk, read-only folder;
+the previous ``last.pth`` stays intact), each with one line and no traceback. ``--check``
+validates the config, builds the model and checks that the data paths exist.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def run(args) -> int:
             from ..train.trainer import build_model
 
             build_model(cfg)
+            _check_data_paths(cfg)
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return 0
         if args.quiet:
@@ -102,6 +105,19 @@ def run(args) -> int:
         return train(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         raise CLIError(str(e)) from None
+
+
+def _check_data_paths(cfg) -> None:
+    """``--check``: the training and validation folders exist and hold images, and the
+    validation kernel file exists (FileNotFoundError naming the config key otherwise)."""
+    from ..train.data import list_images, resolve_folder
+    from ..train.trainer import _resolve_file
+
+    list_images(resolve_folder(cfg.data.train, "data.train"), "data.train")
+    if cfg.data.val:
+        list_images(resolve_folder(cfg.data.val, "data.val"), "data.val")
+    if cfg.degradation.val_kernel:
+        _resolve_file(cfg.degradation.val_kernel, "degradation.val_kernel")
 
 
 def _export(ckpt: Path, out: Path, args) -> int:

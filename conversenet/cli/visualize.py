@@ -53,6 +53,12 @@ def run(args) -> int:
         raise CLIError("--output must not be the input image")
     if args.size < 16:
         raise CLIError(f"--size must be >= 16, got {args.size}")
+    from .._atomic import WriteError, check_writable_dir
+
+    try:  # a read-only place fails now, before the model is built
+        check_writable_dir(out.parent)
+    except WriteError as e:
+        raise CLIError(f"--output: {e}") from None
     if args.weights.lower() == "none":
         from ..models import create
 

@@ -27,6 +27,7 @@ from .io import (
     ImageReadError,
     from_float,
     gray_to_rgb,
+    probe_image,
     read_image,
     rgb_to_gray,
     to_float,
@@ -38,7 +39,7 @@ from .kernels import KernelError, anisotropic_gaussian_kernel, check_kernel, gau
 
 __all__ = [
     # io
-    "ImageReadError", "ImageInfo", "IMAGE_EXTENSIONS", "ALPHA_MODES", "read_image", "write_image",
+    "ImageReadError", "ImageInfo", "IMAGE_EXTENSIONS", "ALPHA_MODES", "read_image", "probe_image", "write_image",
     "to_float", "from_float", "to_tensor", "to_image", "gray_to_rgb", "rgb_to_gray",
     # resize
     "imresize", "modcrop", "cubic", "resize_weights",

@@ -9,7 +9,10 @@ source                  returned array                        bit_depth
 1-bit, L (grey)         uint8 (H, W, 1) (1-bit: 0 / 255)      8
 I;16 grey PNG/TIFF      uint16 (H, W, 1)                      16
 RGB, CMYK, YCbCr        uint8 (H, W, 3) (converted to RGB)    8
-16-bit RGB/RGBA/LA PNG  uint16 (H, W, 3/4/2) (own decoder)    16
+16-bit RGB/RGBA/LA      uint16 (H, W, 3/4/2) (OpenCV          16
+PNG and TIFF            decoder)
+float TIFF              float32 (H, W, C), only with           32
+                        ``allow_float=True`` (finite values)
 P (palette)             expanded to RGB (or RGBA when the     8
                         palette has transparency)
 RGBA, LA                see ``alpha`` below                   8
@@ -20,12 +23,19 @@ RGBA, LA                see ``alpha`` below                   8
 ``"composite"`` blends the colour over a flat ``background`` (a fraction of white,
 default 1.0 = white) and rounds to the native dtype; ``"error"`` raises
 :class:`ImageReadError`. EXIF orientation tags are not applied (pixels as stored).
-Files that cannot be read or hold an unsupported layout (16-bit colour TIFF, float or
-32-bit integer images) raise :class:`ImageReadError` naming the file.
+Files that cannot be read or hold an unsupported layout (float images unless
+``allow_float=True``, 32-bit integer images) raise :class:`ImageReadError` naming the file,
+as do float images holding NaN or infinity.
+
+8-bit images and 16-bit grey images go through Pillow. 16-bit colour PNG/TIFF and float
+TIFF, which Pillow truncates or cannot open, are decoded and encoded by OpenCV
+(``opencv-python-headless``, imported only when such a file is met; its BGR(A) order is
+turned into RGB(A) here).
 
 Writing (:func:`write_image`) picks the format from the extension (.png, .tif/.tiff,
 .jpg/.jpeg, .bmp) and the bit depth from the dtype (uint8 or uint16; 16 bits only for
-PNG, and for grey TIFF); the file is written to a temporary name in the same folder and
+PNG and TIFF; float32 only for TIFF). A 16-bit grey+alpha image is stored as 16-bit RGBA
+(three equal colour channels: the encoder has no 16-bit grey+alpha layout). The file is written to a temporary name in the same folder and
 moved into place with ``os.replace``, so a reader never sees half a file. Existing files
 are only replaced with ``overwrite=True``, and never when they are listed in ``protect``.
 
@@ -37,16 +47,15 @@ round back), :func:`to_tensor` / :func:`to_image` (torch (C, H, W) or (1, C, H, 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .._atomic import atomic_open
-
-from . import _png16
 
 __all__ = [
     "ImageReadError",
@@ -54,6 +63,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ALPHA_MODES",
     "read_image",
+    "probe_image",
     "write_image",
     "to_float",
     "from_float",
@@ -118,17 +128,128 @@ def _handle_alpha(arr: np.ndarray, alpha: str, background: float, path: str) -> 
     return np.clip(np.round(out), 0, maxv).astype(arr.dtype)
 
 
-def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0) -> Tuple[np.ndarray, ImageInfo]:
+def _cv2():
+    """OpenCV, imported on first use (16-bit colour and float files only)."""
+    if "cv2" not in sys.modules:
+        # OpenCV's own decompression-bomb limit, read when it loads: the one Pillow enforces
+        # (a float colour TIFF, which Pillow cannot open, reaches OpenCV without Pillow's check)
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit:
+            os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * int(limit)))
+    try:
+        import cv2
+    except ImportError as e:  # a core dependency; only a broken install gets here
+        raise ImportError("16-bit colour and float images need OpenCV: pip install opencv-python-headless") from e
+    return cv2
+
+
+def _cv2_decode(spath: str) -> np.ndarray:
+    """Decodes with OpenCV (``IMREAD_UNCHANGED``: native depth and channels) -> (H, W, C) in
+    RGB(A) order."""
+    cv2 = _cv2()
+    with open(spath, "rb") as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageReadError(f"cannot read image {spath!r}: OpenCV could not decode it")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 3:
+        arr = arr[..., ::-1]  # BGR -> RGB
+    elif arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+    return np.ascontiguousarray(arr)
+
+
+def _cv2_encode(ext: str, arr: np.ndarray) -> bytes:
+    """(H, W, C) RGB(A) or grey -> encoded bytes (``ext`` ".png" or ".tiff")."""
+    cv2 = _cv2()
+    c = arr.shape[2]
+    if c == 2:  # no 16-bit grey+alpha encoder: RGBA with equal colour channels
+        arr = np.concatenate([arr[..., :1]] * 3 + [arr[..., 1:]], axis=2)
+        c = 4
+    if c == 3:
+        arr = arr[..., ::-1]
+    elif c == 4:
+        arr = arr[..., [2, 1, 0, 3]]
+    # TIFF: Adobe deflate (zlib) without predictor: lossless and readable without extra codecs (OpenCV's
+    # defaults, LZW and for floats the floating-point predictor, are not decoded by every reader, e.g.
+    # tifffile without imagecodecs)
+    params = []
+    if ext == ".tiff":
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 8]
+        if hasattr(cv2, "IMWRITE_TIFF_PREDICTOR"):
+            params += [cv2.IMWRITE_TIFF_PREDICTOR, 1]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {arr.dtype} {arr.shape} image as {ext}")
+    return buf.tobytes()
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_MODES = {"1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "P", "RGBA", "LA", "PA", "RGB", "CMYK", "YCbCr",
+          "LAB", "HSV", "RGBX"}
+
+
+def _check_single_frame(im, spath: str) -> None:
+    # MPO is how Pillow opens many camera JPEGs (the photo plus previews): the first frame is the photo
+    frames = getattr(im, "n_frames", 1) if im.format != "MPO" else 1
+    if frames > 1:
+        raise ImageReadError(f"cannot read image {spath!r}: animated or multi-page {im.format} with {frames} frames "
+                             "is not supported (extract the frame you want first)")
+
+
+def probe_image(path: PathLike, allow_float: bool = False) -> Optional[Tuple[int, int]]:
+    """Checks from the header, without decoding the pixels, that :func:`read_image` can read
+    the file: one frame, a supported layout. Cheap enough to run on every input before any
+    work starts.
+
+    Returns:
+        ``(height, width)``, or None for a float colour TIFF (whose size only the decoder knows).
+
+    Raises:
+        ImageReadError: naming the file and the problem (missing, not an image, animated,
+        unsupported mode).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    spath = str(path)
+    if not os.path.isfile(spath):
+        raise ImageReadError(f"cannot read image {spath!r}: no such file")
+    try:
+        with Image.open(spath) as im:
+            _check_single_frame(im, spath)
+            if im.mode not in _MODES and not (im.mode == "F" and im.format == "TIFF" and allow_float):
+                what = "float images are not supported here" if im.mode == "F" else f"unsupported image mode {im.mode!r}"
+                raise ImageReadError(f"cannot read image {spath!r}: {what}")
+            return im.size[1], im.size[0]
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as e:
+        with open(spath, "rb") as f:
+            if allow_float and f.read(4) in _TIFF_MAGIC:
+                return None
+        raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
+
+
+def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
+               allow_float: bool = False) -> Tuple[np.ndarray, ImageInfo]:
     """Reads an image file (PNG, JPEG, BMP, TIFF and what else Pillow opens).
 
     Args:
         path: file to read.
         alpha: "drop", "keep", "composite" or "error" (see the module docstring).
         background: for "composite": grey level of the background, 0.0 (black) .. 1.0 (white).
+        allow_float: return float TIFFs as float32 arrays (values as stored, not scaled;
+            ``bit_depth`` 32) instead of refusing them. NaN or infinity is refused either way.
 
     Returns:
-        ``(array, info)``: uint8 or uint16 array (H, W, C), C in {1, 3} (or {2, 4} with
-        ``alpha="keep"``), and its :class:`ImageInfo`.
+        ``(array, info)``: uint8 or uint16 (or float32) array (H, W, C), C in {1, 3} (or
+        {2, 4} with ``alpha="keep"``), and its :class:`ImageInfo`.
 
     Raises:
         ImageReadError: missing, unreadable or unsupported file (message names it).
@@ -150,19 +271,21 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0) -> 
     spath = str(path)
     if not os.path.isfile(spath):
         raise ImageReadError(f"cannot read image {spath!r}: no such file")
+    mode_alpha, rawmode = False, ""
     try:
         with Image.open(spath) as im:
             fmt, mode = im.format or "?", im.mode
+            _check_single_frame(im, spath)
             tile = im.tile[0] if im.tile else None
             rawmode = ""
             if tile is not None:
                 args = tile.args if hasattr(tile, "args") else tile[3]
                 rawmode = args if isinstance(args, str) else (args[0] if args else "")
             sixteen = ";16" in str(rawmode) and mode in ("RGB", "RGBA", "LA", "RGBX")
-            if sixteen:
-                if fmt != "PNG":
-                    raise ImageReadError(f"cannot read image {spath!r}: 16-bit colour {fmt} is not supported")
-                arr = None  # decoded below by our own PNG reader
+            if sixteen or mode == "F":
+                if fmt not in ("PNG", "TIFF"):
+                    raise ImageReadError(f"cannot read image {spath!r}: 16-bit colour or float {fmt} is not supported")
+                arr = None  # decoded below by OpenCV
             elif mode == "1":
                 arr = np.asarray(im.convert("L"))[..., None]
             elif mode == "L":
@@ -188,19 +311,46 @@ def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0) -> 
                 arr = np.array(arr)  # own, writable copy detached from Pillow
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        with open(spath, "rb") as f:
+            head = f.read(4)
+        if head not in _TIFF_MAGIC:  # Pillow opens no float colour TIFF: OpenCV may
+            raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
+        fmt, mode, arr = "TIFF", "?", None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
 
     if arr is None:
         try:
-            arr = _png16.read_png16(spath)
-        except Exception as e:  # zlib.error, struct.error, ValueError: all mean a bad file
-            raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
-        mode = f"{mode};16"
+            arr = _cv2_decode(spath)
+        except ImageReadError:
+            raise
+        except Exception as e:  # cv2.error, OSError: all mean a bad file
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            if "MAX_IMAGE_PIXELS" in why:
+                why = f"more than {os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS')} pixels (decompression-bomb limit)"
+            raise ImageReadError(f"cannot read image {spath!r}: {why}") from e
+        if (mode == "LA" or str(rawmode).startswith("LA")) and arr.shape[2] == 4:  # OpenCV gives grey+alpha as BGRA
+            arr = np.ascontiguousarray(arr[..., [0, 3]])
+        if arr.dtype.kind == "f":
+            if not allow_float:
+                raise ImageReadError(f"cannot read image {spath!r}: float images are not supported here")
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all():
+                raise ImageReadError(f"cannot read image {spath!r}: it holds NaN or infinite values")
+            mode = {1: "F", 2: "LA;F", 3: "RGB;F", 4: "RGBA;F"}.get(arr.shape[2], "?")
+        elif arr.dtype == np.uint16:
+            mode = {1: "I;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}.get(arr.shape[2], "?")
+        elif arr.dtype == np.uint8:
+            mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(arr.shape[2], "?")
+        else:
+            raise ImageReadError(f"cannot read image {spath!r}: unsupported sample type {arr.dtype}")
     had_alpha = arr.shape[2] in (2, 4) if mode != "P" else mode_alpha
     if arr.shape[2] in (2, 4):
+        if arr.dtype.kind == "f" and alpha == "composite":
+            raise ImageReadError(f"cannot read image {spath!r}: alpha='composite' needs an integer image")
         arr = _handle_alpha(arr, alpha, float(background), spath)
-    depth = 16 if arr.dtype == np.uint16 else 8
+    depth = {np.dtype(np.uint16): 16, np.dtype(np.float32): 32}.get(arr.dtype, 8)
     return arr, ImageInfo(spath, fmt, mode, depth, int(arr.shape[2]), bool(had_alpha))
 
 
@@ -219,13 +369,14 @@ def write_image(
     protect: Iterable[PathLike] = (),
     quality: int = 95,
 ) -> None:
-    """Writes a uint8/uint16 image atomically (temp file in the same folder + ``os.replace``).
+    """Writes a uint8/uint16 (or float32 TIFF) image atomically (temp file + ``os.replace``).
 
     Args:
         path: destination; its extension picks the format (see :data:`IMAGE_EXTENSIONS`).
             Missing parent folders are created.
         img: uint8 or uint16 numpy array (H, W) or (H, W, C), C = 1 (grey), 2 (grey +
-            alpha), 3 (RGB) or 4 (RGBA). Convert floats with :func:`from_float` first.
+            alpha; 16 bits: stored as RGBA), 3 (RGB) or 4 (RGBA); float32 for ``.tif``
+            (values as they are). Convert floats with :func:`from_float` first otherwise.
         overwrite: replace an existing file (default: refuse with FileExistsError).
         protect: paths that must never be written (e.g. the input images), whatever
             ``overwrite`` says (ValueError).
@@ -233,7 +384,7 @@ def write_image(
 
     Raises:
         ValueError: unknown extension, wrong dtype/shape, a depth or channel layout the
-            format cannot store (16-bit JPEG/BMP, 16-bit colour TIFF, alpha in JPEG),
+            format cannot store (16-bit JPEG/BMP, float outside TIFF, alpha in JPEG),
             a protected path.
         FileExistsError: the file exists and ``overwrite`` is False.
     """
@@ -242,10 +393,11 @@ def write_image(
     if ext not in IMAGE_EXTENSIONS:
         raise ValueError(f"cannot write {str(dest)!r}: unknown image extension {ext!r} (use {sorted(IMAGE_EXTENSIONS)})")
     fmt = IMAGE_EXTENSIONS[ext]
-    if not isinstance(img, np.ndarray) or img.dtype not in (np.uint8, np.uint16):
+    floating = isinstance(img, np.ndarray) and img.dtype == np.float32 and fmt == "TIFF"
+    if not isinstance(img, np.ndarray) or (img.dtype not in (np.uint8, np.uint16) and not floating):
         raise ValueError(
-            f"img must be a uint8 or uint16 numpy array, got {getattr(img, 'dtype', type(img).__name__)} "
-            "(convert floats with conversenet.data.from_float)"
+            f"img must be a uint8 or uint16 numpy array (or float32 for TIFF), got "
+            f"{getattr(img, 'dtype', type(img).__name__)} (convert floats with conversenet.data.from_float)"
         )
     arr = img[..., None] if img.ndim == 2 else img
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -253,8 +405,8 @@ def write_image(
     c, sixteen = arr.shape[2], arr.dtype == np.uint16
     if sixteen and fmt in ("JPEG", "BMP"):
         raise ValueError(f"cannot write {str(dest)!r}: {fmt} stores 8-bit images only (use from_float(..., bit_depth=8))")
-    if sixteen and fmt == "TIFF" and c != 1:
-        raise ValueError(f"cannot write {str(dest)!r}: 16-bit colour TIFF is not supported (use PNG)")
+    if floating and c == 2:
+        raise ValueError(f"cannot write {str(dest)!r}: float grey+alpha TIFF is not supported")
     if fmt == "JPEG" and c in (2, 4):
         raise ValueError(f"cannot write {str(dest)!r}: JPEG has no alpha channel")
     if fmt == "BMP" and c == 2:
@@ -267,10 +419,11 @@ def write_image(
 
     from PIL import Image
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if (sixteen and c > 1) or floating:  # Pillow cannot store these: OpenCV (encoded before the file opens)
+        data = _cv2_encode(".png" if fmt == "PNG" else ".tiff", arr)
     with atomic_open(dest, "wb") as f:
-        if sixteen and c > 1:
-            _png16.write_png16(f, np.ascontiguousarray(arr))
+        if (sixteen and c > 1) or floating:
+            f.write(data)
         else:
             pil_mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
             data = arr[..., 0] if c == 1 else arr

@@ -1,9 +1,11 @@
 """Atomic checkpoint files and RNG-state capture.
 
-A checkpoint is written to a temporary file in the same folder (named
-``.<final-name>.<pid>.tmp``, never ending in ``.pth``), flushed and fsynced, then moved over
-the final name with :func:`os.replace`, so a reader only ever sees a complete file, even
-if the writer is killed half-way.
+A checkpoint is written through :func:`conversenet._atomic.atomic_open`: a temporary file
+created exclusively under an unpredictable name in the same folder
+(``.<final-name>.<pid>.<random>.tmp``, never ending in ``.pth``), flushed and fsynced, then
+moved over the final name with :func:`os.replace`, so a reader only ever sees a complete
+file, even if the writer is killed half-way, and a failed write (a full disk: one-line
+:class:`~conversenet._atomic.WriteError`) leaves the previous file intact.
 
 Example:
     >>> import tempfile, os, torch

@@ -53,6 +53,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import _ops
+from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
 from .checkpoint import FORMAT as CKPT_FORMAT
 from .checkpoint import VERSION as CKPT_VERSION
 from .checkpoint import CheckpointError, load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
@@ -182,6 +183,8 @@ class Trainer:
             if last.exists() and not self.overwrite:
                 raise FileExistsError(f"{self.out} already holds a checkpoint: use --resume to continue it, "
                                       f"--overwrite to start again, or --out DIR")
+        if self.rank == 0:  # a read-only place fails now, in one line, not at the first checkpoint
+            check_writable_dir(self.out, "run folder")
 
     def _device(self) -> torch.device:
         d = self.cfg.device
@@ -340,7 +343,13 @@ class Trainer:
     def _log_row(self, **row: Any) -> None:
         if self.rank != 0:
             return
-        with open(self.out / "metrics.csv", "a", newline="") as f:
+        # appended in place (one row per log step); O_NOFOLLOW: never through a planted link
+        try:
+            fd = os.open(self.out / "metrics.csv", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         file_mode())
+        except OSError as e:
+            raise WriteError(self.out / "metrics.csv", e) from None
+        with os.fdopen(fd, "a", newline="") as f:
             csv.writer(f).writerow(["" if row.get(k) is None else _fmt(row[k]) for k in CSV_FIELDS])
         if self.tb is not None:
             for k in ("loss", "psnr", "lr", "it_per_s"):
@@ -381,10 +390,11 @@ class Trainer:
         for a in axes:
             a.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.out / f".curves.png.{os.getpid()}.tmp"
-        fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        os.replace(tmp, self.out / "curves.png")
+        try:
+            with atomic_open(self.out / "curves.png", "wb") as f:
+                fig.savefig(f, format="png", dpi=110)
+        finally:
+            plt.close(fig)
 
     # ---------------------------------------------------------------- steps
     def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -417,7 +427,8 @@ class Trainer:
                     self.out / f"grads_step{step}.pt")
 
     def run(self) -> int:
-        """Train until ``train.total_iter``; 0 when finished, 130 when stopped by a signal."""
+        """Train until ``train.total_iter``; 0 when finished, 130 / 143 when stopped by SIGINT /
+        SIGTERM (after saving ``last.pth``)."""
         self._setup()
         cfg, t = self.cfg, self.cfg.train
         self.tb = self._open_tb()
@@ -518,7 +529,7 @@ class Trainer:
             if self.rank == 0:  # always said, even when quiet: the user must know how to continue
                 print(f"stopped at iteration {self.iteration}; checkpoint {self.out / 'last.pth'} "
                       f"(continue with --resume)", file=sys.stderr, flush=True)
-            return 130
+            return 128 + int(self._stop_signal or signal.SIGINT)  # 130 SIGINT, 143 SIGTERM
         if self.rank == 0:
             self._plot()
             if self.val_set is not None and self.best_iter:
@@ -530,11 +541,15 @@ class Trainer:
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Delete ``.NAME.PID.tmp`` files left by a writer that was killed (its PID is gone)."""
+    """Delete ``.NAME.PID.RANDOM.tmp`` (and older ``.NAME.PID.tmp``) files left by a writer
+    that was killed (its PID is gone)."""
     for p in folder.glob(".*.tmp"):
-        try:
-            pid = int(p.name.rsplit(".", 2)[-2])
-        except ValueError:
+        parts = p.name.rsplit(".", 3)
+        if len(parts) == 4 and parts[1].isdigit():
+            pid = int(parts[1])
+        elif parts[-2].isdigit():
+            pid = int(parts[-2])
+        else:
             continue
         if pid == os.getpid():
             continue
@@ -572,7 +587,7 @@ def _resolve_file(name: str, what: str) -> Path:
 
 def train(cfg: Config, out_dir: Union[str, Path, None] = None, resume: Union[bool, str, Path] = False,
           overwrite: bool = False, verbose: bool = True) -> int:
-    """Run a training job; tears down the process group it created. Returns 0 or 130."""
+    """Run a training job; tears down the process group it created. Returns 0, 130 or 143."""
     trainer = Trainer(cfg, out_dir=out_dir, resume=resume, overwrite=overwrite, verbose=verbose)
     try:
         return trainer.run()
