@@ -92,4 +92,7 @@ def test_sigint_stops_eval_with_130_and_partial_results(inherited, grey_dir, tmp
     assert [r["image"] for r in rows] == ["a", "average"]
     assert float(rows[0]["psnr"]) == pytest.approx(doc["images"][0]["psnr"], abs=1e-6)
     # atomic writes: no temporary files left behind
-    assert sorted(x.name for x in out.iterdir()) == ["results.csv", "results.json"]
+    assert sorted(x.name for x in out.iterdir()) == [".conversenet", "results.csv", "results.json"]
+    # the per-image journal (what a rerun resumes from) holds image a, one complete line
+    lines = (out / ".conversenet" / "rows-r0.jsonl").read_text().splitlines()
+    assert [json.loads(x)["row"]["image"] for x in lines] == ["a"]

@@ -65,7 +65,8 @@ def _denoise(inputs, out, ckpts, *extra):
 
 
 def _names(folder: Path):
-    return sorted(p.name for p in folder.iterdir())
+    """The files a command wrote, less its resume journal (``.conversenet/``, docs/RESTORE.md)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".conversenet")
 
 
 # --------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_reliability_nonfinite_float_tiff_refused(ckpts, tmp_path, capsys):
 # item 6: SIGINT / SIGTERM
 # --------------------------------------------------------------------------------------
 # The child blocks at a known point and says so on stderr:
-#   fsync:N   inside the N-th atomic write, after its bytes are written to the temporary
+#   fsync:N   inside the N-th atomic write (fsync of a .tmp file), after its bytes are written to the temporary
 #             file (so a partial file exists at that moment), before it is moved into place;
 #   setup     in the trainer's setup (data, model), before its own handlers are installed;
 #   forward:N in the trainer's N-th forward pass, until the trainer has seen the signal.
@@ -170,9 +171,15 @@ CHILD = textwrap.dedent("""
         real = os.fsync
 
         def fsync(fd):
-            calls.append(fd)
-            if len(calls) == int(n):
-                hold()
+            # count the atomic writes' temporaries only (not the resume journal's appends)
+            try:
+                name = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                name = ""
+            if name.endswith(".tmp"):
+                calls.append(fd)
+                if len(calls) == int(n):
+                    hold()
             return real(fd)
 
         os.fsync = fsync

@@ -26,6 +26,7 @@ One module serves all five commands: ``add_parser`` registers them on its first 
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import os
 import sys
@@ -66,6 +67,8 @@ def _files_args(p) -> None:
     p.add_argument("--ground-truth", dest="ground_truth", default=None, metavar="DIR",
                    help="folder with clean images of the same names: print PSNR/SSIM as `conversenet eval` measures")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes reading images ahead of the network (0: read in the main process; default 2)")
 
 
 def add_parser(sub) -> None:
@@ -439,109 +442,135 @@ def _load(args, task: str, device, blind: bool = False, log=None):
 # denoise / sr / deblur
 # --------------------------------------------------------------------------------------
 def run_files(args) -> int:
-    """denoise / sr / deblur. Order: options, inputs (headers) and output paths for ALL files,
-    then the model, then one image at a time. Problems found before the model loads are
-    reported one line each and those files are skipped (exit code 1); a folder that cannot
-    take the outputs stops the run (exit code 2) before any work."""
-    import numpy as np
-    from tqdm import tqdm
+    """``denoise | sr | deblur``: one process, or one rank of a ``torchrun`` job
+    (:mod:`conversenet.distributed`); inputs streamed and outputs resumable (:mod:`conversenet.batch`).
 
-    from .. import restore as R
+    Order: options, inputs and OUT, the output folders (writable), the model, then every
+    input (header) and output path of this process's share (up to
+    :data:`conversenet.batch.PRECHECK_MAX` inputs; beyond, each when its turn comes), then
+    one image at a time. Problems are reported one line each and those files are skipped
+    (exit code 1); a folder that cannot take the outputs stops the run (exit code 2)."""
+    from ..distributed import setup as join_job
+
+    ctx = join_job(args.device, args.threads)
+    try:
+        return _run_files(args, ctx)
+    finally:
+        ctx.close()
+
+
+def check_item(item, may_replace: bool, protect_real: set, min_side: int = 1) -> Optional[str]:
+    """Why ``item`` (a :class:`conversenet.batch.Item`) cannot be restored, or None: a broken
+    link or unreadable header, an image smaller than ``min_side``, an output (or comparison)
+    that is an input or exists without ``may_replace``. Runs in the read-ahead workers (and
+    before the first network call)."""
     from ..data import ImageReadError
+
+    why = _broken_link(item.src)
+    if why is None:
+        try:
+            size = probe_input(item.src)
+            if size is not None and min(size) < min_side:
+                why = f"image is {size[0]}x{size[1]}, smaller than the model's minimum side {min_side}"
+        except ImageReadError as e:
+            why = str(e)
+    if why is None:
+        why = output_problem(item.dest, may_replace, protect_real)
+    if why is None and item.cmp is not None:
+        why = output_problem(item.cmp, may_replace, protect_real)
+    if why is None:
+        return None
+    return why if str(item.src) in why else f"{item.src}: {why}"
+
+
+def _run_files(args, ctx) -> int:
+    import numpy as np
+
+    from .. import batch as B
+    from .. import restore as R
     from ..evaluate import model_min_side
 
     task = args.task
     device, tile, overlap, budget = _setup(args)
-    problems: List[str] = []
-    notes: List[str] = []
-    items = collect_inputs(args.inputs, problems)
-    plans = plan_outputs(items, args.output)
-    cmp_dests = compare_paths(plans, args.output, notes) if args.compare else [None] * len(plans)
+    job = B.RestoreJob(ctx, args.inputs, args.output, _known_ext(), read_input, overwrite=args.overwrite,
+                       workers=args.workers, progress=args.progress, desc=task, check=check_item,
+                       compare=args.compare)
+    try:
+        job.prepare()
+    except B.BatchError as e:
+        raise CLIError(str(e)) from e
     gt_dir = Path(args.ground_truth) if args.ground_truth else None
     if gt_dir is not None and not gt_dir.is_dir():
         raise CLIError(f"--ground-truth {args.ground_truth!r} is not a folder")
-    protect = [f for f, _ in plans]
-    protect_real = {os.path.realpath(f) for f in protect}
-    check_output_folders([d for _, d in plans] + [c for c in cmp_dests if c is not None])
-
-    # every input and output is checked before the first network call
-    todo, sizes = [], {}
-    for (src, dest), cmp_dest in zip(plans, cmp_dests):
-        why = None
-        try:
-            sizes[src] = probe_input(src)
-        except ImageReadError as e:
-            why = str(e)
-        if why is None:
-            why = output_problem(dest, args.overwrite, protect_real)
-        if why is None and cmp_dest is not None:
-            why = output_problem(cmp_dest, args.overwrite, protect_real)
-        if why is not None:
-            problems.append(why if str(src) in why else f"{src}: {why}")
-        else:
-            todo.append((src, dest, cmp_dest))
-    for line in notes:
-        print(line)
-    for line in problems:
-        print(f"error: {line}", file=sys.stderr)
-    failed = len(problems)
-    n_total = len(todo) + failed
-    if not todo:
-        print(f"done: 0 written, {failed} failed")
-        return 1
-
-    lm = _load(args, task, device, blind=getattr(args, "blind", False), log=print)
+    out_dir = job.single.parent if job.single is not None else job.root
+    check_output_folders([out_dir / "x"] + ([out_dir / "compare" / "x"] if args.compare else []))
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    lm = _load(args, task, device, blind=getattr(args, "blind", False), log=say)
     net = lm.model
     if task == "sr" and args.scale != net.scale:
         raise CLIError(f"--scale {args.scale}: the model {lm.name} upscales by {net.scale}")
-    if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma:
+    if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma and ctx.is_main:
         print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor",
               file=sys.stderr)
     kernel = _kernel_for(args, lm)
     min_side = model_min_side(net)
-    small = [(src, sizes[src]) for src, _, _ in todo if sizes[src] is not None and min(sizes[src]) < min_side]
-    for src, (h, w) in small:
-        failed += 1
-        print(f"error: {src}: image is {h}x{w}, smaller than the model's minimum side {min_side}", file=sys.stderr)
-    todo = [t for t in todo if t[0] not in {s for s, _ in small}]
-    print(f"{task}: {len(todo)} image(s) -> {args.output} on {device}"
-          + (f", tiles <= {tile}" if tile else ", tiling only above " + f"{budget / 2**30:.3g} GiB")
-          + f", overlap {overlap}")
+    job.check = functools.partial(check_item, min_side=min_side)
+    # what changes the files written: outputs made with other settings are not "complete"
+    job.resume({"task": task, "model": lm.name, "weights": lm.source, "kernel": getattr(args, "kernel", None),
+                "blind": getattr(args, "blind", False), "tile": tile, "overlap": overlap, "max_memory": budget,
+                "compare": args.compare, "ground_truth": str(gt_dir) if gt_dir else None})
+    # every input and output checked before the first network call (see PRECHECK_MAX)
+    for item, why in job.precheck():
+        print(f"error: {why}", file=sys.stderr)
+    say(f"{task}: {' '.join(args.inputs)} -> {args.output} on {device}"
+        + (f", {ctx.world} processes" if ctx.distributed else "")
+        + (f", tiles <= {tile}" if tile else ", tiling only above " + f"{budget / 2**30:.3g} GiB")
+        + f", overlap {overlap}")
     sys.stdout.flush()
 
-    psnrs: list = []
-    bar = tqdm(todo, desc=task, unit="img", disable=not args.progress, dynamic_ncols=True, file=sys.stderr)
-    for src, dest, cmp_dest in bar:
-        bar.set_postfix_str(src.name)
+    for kind, item, payload in job:
+        src, dest = item.src, item.dest
+        if kind == "error":
+            job.write(f"error: {payload}", err=True)
+            continue
         t0 = time.perf_counter()
         try:
-            img, depth, _ = read_input(src)
+            img, depth, _ = payload
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
             out = R.restore_array(img, lm, kernel, tile=tile, overlap=overlap, max_memory=budget,
-                                  progress=_tile_bar(args.progress, src.name))
-            write_output(dest, out, depth, args.overwrite, protect)
+                                  progress=_tile_bar(args.progress and ctx.world == 1, src.name))
+            job.begin(item)
+            protect = [src] + [p for p in (dest, item.cmp) if p is not None and job.is_input(p)]
+            write_output(dest, out, depth, True, protect)
+            written = [dest]
             msg = f"{src} -> {dest} ({out.shape[1]}x{out.shape[0]}, {time.perf_counter() - t0:.1f} s)"
+            extra, psnrs = None, []
             if gt_dir is not None:
                 msg += _psnr_note(src, out, task, net, gt_dir, psnrs)
-            if cmp_dest is not None:
+                extra = list(psnrs[-1]) if psnrs else None
+            if item.cmp is not None:
                 from ..data import from_float, write_image
 
                 lq8 = from_float(np.clip(img[..., : out.shape[2]], 0, 1), 8)
-                write_image(cmp_dest, side_by_side(lq8, from_float(np.clip(out, 0, 1), 8)),
-                            overwrite=args.overwrite, protect=protect)
-                msg += f"; comparison {cmp_dest}"
-            tqdm.write(msg)
+                write_image(item.cmp, side_by_side(lq8, from_float(np.clip(out, 0, 1), 8)), overwrite=True,
+                            protect=protect)
+                written.append(item.cmp)
+                msg += f"; comparison {item.cmp}"
+            job.done(item, written, extra)
+            job.write(msg)
         except Exception as e:  # one bad file must not stop the others
-            failed += 1
-            tqdm.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", file=sys.stderr)
-        sys.stdout.flush()
-    bar.close()
-    if psnrs:
-        print(f"average PSNR {np.mean([p for p, _ in psnrs]):.4f} dB, SSIM {np.mean([s for _, s in psnrs]):.4f} "
-              f"over {len(psnrs)} image(s)")
-    print(f"done: {n_total - failed} written, {failed} failed")
-    return 1 if failed else 0
+            job.failed(item)
+            job.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", err=True)
+    total = job.finish()
+    if not ctx.is_main:
+        return 1 if total.failed else 0
+    if total.extras:
+        print(f"average PSNR {np.mean([p for _, (p, _) in total.extras]):.4f} dB, "
+              f"SSIM {np.mean([s for _, (_, s) in total.extras]):.4f} over {len(total.extras)} image(s)")
+    print(f"done: {total.written} written, {total.failed} failed"
+          + (f", {total.skipped} skipped (already complete)" if total.skipped else ""))
+    return 1 if total.failed else 0
 
 
 def _tile_bar(enabled: bool, name: str):
