@@ -20,6 +20,7 @@ in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -629,7 +630,7 @@ def converse2d(
     check_fft_device(x.device)
 
     out_dtype = output_dtype(x)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with _no_autocast(x.device.type):
         y = x.to(compute)
         k = weight.to(compute)
         x0c = x0_tensor.to(compute) if x0_tensor is not None else None
@@ -658,9 +659,20 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
     autocast leaves alone. The solve itself always runs in float32 (float64 for float64).
     """
     dev = x.device.type
-    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+    if x.dtype != torch.float64 and _autocast_available(dev) and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+def _autocast_available(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type)
+
+
+def _no_autocast(device_type: str):
+    """Context that turns autocast off for the solve (a no-op where autocast does not exist)."""
+    if _autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _empty_result(y, k, lam, x0, filt, s) -> torch.Tensor:

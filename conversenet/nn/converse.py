@@ -388,9 +388,11 @@ class ConverseBlock(nn.Module):
             self.alpha1 = self.alpha2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the fused no-grad path works on reused buffers in place: compiled graphs take the
-        # plain path below, which the compiler fuses itself
-        if (not torch.is_grad_enabled() and x.dim() == 4 and not torch.compiler.is_compiling()
+        # the fused no-grad path works on reused buffers in place, in x's dtype: compiled
+        # graphs (the compiler fuses the plain path itself), autocast and half inputs (whose
+        # LayerNorm runs in float32 there) take the plain path below
+        if (not torch.is_grad_enabled() and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
                 and not self._submodule_hooks()):
             return self._forward_no_grad(x)
         if self.alpha1 is None:
