@@ -572,11 +572,14 @@ def converse2d(
     pixels from every side of the result.
 
     Args:
-        x: (N, C, H, W) input Y, real floating point. float16/bfloat16 are computed in
-            float32 and returned in the input dtype.
+        x: (N, C, H, W) input Y, real floating point, any strides. The solve runs in
+            float32 (float64 for float64 x); float16/bfloat16 results are returned in
+            x's dtype, and under ``torch.autocast`` in the autocast dtype like a
+            convolution (float64 excepted). N or C may be 0 (empty result).
         weight: (1, C, kh, kw) shared kernel or (N, C, kh, kw) one kernel per sample.
             Centre at ``(kh // 2, kw // 2)``; any size up to the padded output size.
-        lam: positive regulariser: a float, a C-vector, 1xCx1x1 or NxCx1x1 tensor.
+        lam: positive regulariser: a float, a C-vector, 1xCx1x1 or NxCx1x1 tensor;
+            finite and at most the largest float32 (float64 for float64 x).
         scale: integer upsampling factor s >= 1.
         padding: pixels of padding added to every side of x before solving.
         padding_mode: ``"circular"``, ``"reflect"``, ``"replicate"`` or ``"constant"`` (zeros).
@@ -591,7 +594,11 @@ def converse2d(
             near the borders (see ``docs/PERFORMANCE.md``).
 
     Returns:
-        (N, C, H*scale, W*scale) tensor in x's dtype.
+        (N, C, H*scale, W*scale) tensor in x's dtype (see x), ``channels_last`` when x is.
+
+    Gradients flow to x, weight, lam and an x0 tensor, to second order too
+    (``create_graph=True``). Under ``torch.compile`` the solve is one custom op
+    (:mod:`conversenet.functional._solve_op`); see ``docs/LAYER.md``.
 
     Example:
         >>> import torch
