@@ -385,11 +385,11 @@ class _ConverseS1(torch.autograd.Function):
     The filter gradient is autograd's own formula for ``irfft2`` and the product
     (``rfft2(grad) / HW`` with the interior columns doubled, times ``conj(rfft2(yp))``),
     summed over broadcast batch entries. Only ``rfft2(yp)`` is saved, and only when the
-    filter needs a gradient (plus references to the inputs, for double backward).
+    filter needs a gradient (and y itself when y needs one too, for double backward).
 
     Second-order gradients (``create_graph=True``, e.g. ``gradgradcheck`` or gradient
-    penalties) are supported: the backward then recomputes the map with differentiable
-    torch ops and differentiates that, so the gradients carry a graph of their own.
+    penalties) are supported: the backward then runs the same formulas with
+    differentiable out-of-place ops, so the gradients carry a graph of their own.
     """
 
     @staticmethod
@@ -402,7 +402,11 @@ class _ConverseS1(torch.autograd.Function):
         z = fy * g if need_g else fy.mul_(g)
         ctx.pads, ctx.mode, ctx.y_shape, ctx.size = pads, mode, y.shape, tuple(size)
         ctx.g_batch = g.shape[0]
-        ctx.save_for_backward(fy if need_g else None, g, y)
+        # y itself is needed only for a second-order gradient in which the filter gradient
+        # (made from rfft2(yp)) is differentiated with respect to y: only when both need
+        # gradients (then it costs one more saved activation, as a convolution keeps its input)
+        keep_y = need_g and ctx.needs_input_grad[0]
+        ctx.save_for_backward(fy if need_g else None, g, y if keep_y else None)
         out = _fft.irfft2(z, size)
         del z
         return _crop(out, pads, 1, *y.shape[-2:])
@@ -411,7 +415,7 @@ class _ConverseS1(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         fy, g, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable
-            return _ConverseS1.backward_differentiable(ctx, grad, y, g)
+            return _ConverseS1.backward_differentiable(ctx, grad, y, g, fy)
         h, w = ctx.size
         left, right, top, bottom = ctx.pads
         gs = _fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
@@ -432,17 +436,31 @@ class _ConverseS1(torch.autograd.Function):
         return grad_y, grad_g, None, None
 
     @staticmethod
-    def backward_differentiable(ctx, grad, y, g):
-        """Vector-Jacobian product through a differentiable recomputation of the forward
-        (``irfft2(rfft2(pad(y)) * g)``, cropped), for double backward."""
-        wanted = [t for t, need in zip((y, g), ctx.needs_input_grad[:2]) if need]
+    def backward_differentiable(ctx, grad, y, g, fy_saved):
+        """The formulas of :meth:`backward` written with differentiable, out-of-place ops,
+        for double backward (``create_graph=True``)."""
+        need_y, need_g = ctx.needs_input_grad[:2]
+        h, w = ctx.size
+        left, right, top, bottom = ctx.pads
         with torch.enable_grad():
-            yp = _pad4(y, ctx.pads, ctx.mode)
-            out = torch.fft.irfft2(torch.fft.rfft2(yp) * g, s=ctx.size)
-            out = _crop(out, ctx.pads, 1, *ctx.y_shape[-2:])
-            grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-        grad_y = next(grads) if ctx.needs_input_grad[0] else None
-        grad_g = next(grads) if ctx.needs_input_grad[1] else None
+            gs = torch.fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
+            grad_y = grad_g = None
+            if need_y:  # correlation with g, then the adjoint of the padding
+                gyp = torch.fft.irfft2(gs * g.conj(), s=(h, w))
+                # the padding is linear: its adjoint is autograd's vjp of the padding itself
+                probe = torch.zeros(ctx.y_shape, dtype=gyp.dtype, device=gyp.device, requires_grad=True)
+                (grad_y,) = torch.autograd.grad(_pad4(probe, ctx.pads, ctx.mode), probe, gyp, create_graph=True)
+            if need_g:
+                # rfft2(yp): differentiable in y when y needs a gradient (then it was kept);
+                # otherwise the saved spectrum is a constant
+                fy = torch.fft.rfft2(_pad4(y, ctx.pads, ctx.mode)) if y is not None else fy_saved
+                dbl = w - (w // 2 + 1)
+                scale = torch.ones(w // 2 + 1, dtype=gs.real.dtype, device=gs.device)
+                scale[1 : 1 + dbl] = 2.0
+                gz = gs * fy.conj() * (scale / (h * w))
+                if ctx.g_batch == 1 and gz.shape[0] != 1:
+                    gz = gz.sum(0, keepdim=True)
+                grad_g = gz
         return grad_y, grad_g, None, None
 
 
