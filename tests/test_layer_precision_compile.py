@@ -142,8 +142,8 @@ def test_every_model_autocast_cpu_bfloat16(name):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("name", [n for n in list_models() if "conv" in n and "official" not in n])
-def test_every_converse_model_in_half_precision(name, dtype):
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_in_half_precision(name, dtype):
     # the model and its input in float16/bfloat16 (no autocast): runs, trains, stays close
     torch.manual_seed(4)
     model, _ = small(name)
