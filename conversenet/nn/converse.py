@@ -236,6 +236,11 @@ class LayerNorm2d(nn.Module):
         return out.to(x.dtype) if half else out
 
 
+def _autocast_on(x: torch.Tensor) -> bool:
+    dev = x.device.type
+    return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+
+
 def _is_pointwise(conv: nn.Module, c: int) -> bool:
     return (isinstance(conv, nn.Conv2d) and conv.weight.shape[1:] == (c, 1, 1) and conv.groups == 1
             and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
@@ -392,7 +397,7 @@ class ConverseBlock(nn.Module):
         # graphs (the compiler fuses the plain path itself), autocast and half inputs (whose
         # LayerNorm runs in float32 there) take the plain path below
         if (not torch.is_grad_enabled() and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
-                and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+                and not torch.compiler.is_compiling() and not _autocast_on(x)
                 and not self._submodule_hooks()):
             return self._forward_no_grad(x)
         if self.alpha1 is None:
