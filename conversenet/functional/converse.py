@@ -20,6 +20,7 @@ in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -28,7 +29,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _fft
+from . import _fft, _solve_op
 
 __all__ = [
     "converse2d",
@@ -78,20 +79,32 @@ def _check_weight(weight: torch.Tensor, n: int, c: int) -> None:
         raise ValueError(f"weight must be 4-D (1 or N, C, kh, kw), got shape {tuple(weight.shape)}")
     if weight.shape[1] != c:
         raise ValueError(f"weight has {weight.shape[1]} channels but x has {c}")
+    if weight.shape[2] < 1 or weight.shape[3] < 1:
+        raise ValueError(
+            f"weight: kernel must be at least 1x1, got {weight.shape[2]}x{weight.shape[3]}"
+        )
     if weight.shape[0] not in (1, n):
         raise ValueError(
             f"weight batch must be 1 (shared) or N={n} (per-sample), got {weight.shape[0]}"
         )
 
 
-def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor) -> torch.Tensor:
-    """Validates lam and returns it as a (1 or N, C, 1, 1) tensor."""
+def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """Validates lam and returns it as a (1 or N, C, 1, 1) tensor of ``compute`` dtype.
+
+    lam must be positive, finite and representable in ``compute`` (the solve's dtype:
+    float32 for float32/float16/bfloat16 inputs, float64 for float64 inputs); a larger lam
+    would turn into inf there and the closed form into inf/inf.
+    """
+    big = torch.finfo(compute).max
     if isinstance(lam, bool):
         raise ValueError(f"lam must be a positive number or tensor, got {lam!r}")
     if isinstance(lam, numbers.Real):
         if not lam > 0 or not math.isfinite(lam):
             raise ValueError(f"lam must be positive and finite, got {lam}")
-        return torch.full((1, c, 1, 1), float(lam), dtype=ref.dtype, device=ref.device)
+        if lam > big:
+            raise ValueError(_lam_too_large(float(lam), compute))
+        return torch.full((1, c, 1, 1), float(lam), dtype=compute, device=ref.device)
     if not isinstance(lam, torch.Tensor):
         raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
     _check_float("lam", lam)
@@ -106,13 +119,31 @@ def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor) -> torch.Tensor:
             f"lam must be a float, a C-vector, 1xCx1x1 or NxCx1x1 (N={n}, C={c}); "
             f"got shape {tuple(lam.shape)}"
         )
-    if not torch.is_grad_enabled() or not lam.requires_grad:
-        bad = not bool((lam > 0).all())
-    else:
-        bad = not bool((lam.detach() > 0).all())
-    if bad:
-        raise ValueError("lam must be positive everywhere")
-    return t
+    # values are checked here in eager mode (one host sync on a C-vector); a compiled
+    # graph checks them inside the solver op instead, which runs on real tensors
+    if not torch.compiler.is_compiling() and lam.device.type != "meta":
+        _check_lam_values(lam.detach(), compute)
+    return t.to(compute)
+
+
+def _lam_too_large(value: float, compute: torch.dtype) -> str:
+    return (
+        f"lam={value:g} is too large: the solve runs in {str(compute).replace('torch.', '')}, "
+        f"whose largest finite value is {torch.finfo(compute).max:g} (use float64 inputs "
+        "for a larger lam; the result tends to x0 as lam grows)"
+    )
+
+
+def _check_lam_values(lam: torch.Tensor, compute: torch.dtype) -> None:
+    """Raises ValueError unless every lam is positive, finite and finite in ``compute``."""
+    big = torch.finfo(compute).max
+    if bool(((lam > 0) & (lam <= big)).all()):  # NaN fails both comparisons
+        return
+    if not bool((lam > 0).all()):
+        raise ValueError("lam must be positive everywhere (got a value <= 0 or NaN)")
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError("lam must be finite everywhere (got inf)")
+    raise ValueError(_lam_too_large(float(lam.max()), compute))
 
 
 def _check_padding(padding: int, padding_mode: str, h: int, w: int) -> int:
@@ -354,7 +385,11 @@ class _ConverseS1(torch.autograd.Function):
     The filter gradient is autograd's own formula for ``irfft2`` and the product
     (``rfft2(grad) / HW`` with the interior columns doubled, times ``conj(rfft2(yp))``),
     summed over broadcast batch entries. Only ``rfft2(yp)`` is saved, and only when the
-    filter needs a gradient.
+    filter needs a gradient (and y itself when y needs one too, for double backward).
+
+    Second-order gradients (``create_graph=True``, e.g. ``gradgradcheck`` or gradient
+    penalties) are supported: the backward then runs the same formulas with
+    differentiable out-of-place ops, so the gradients carry a graph of their own.
     """
 
     @staticmethod
@@ -367,15 +402,20 @@ class _ConverseS1(torch.autograd.Function):
         z = fy * g if need_g else fy.mul_(g)
         ctx.pads, ctx.mode, ctx.y_shape, ctx.size = pads, mode, y.shape, tuple(size)
         ctx.g_batch = g.shape[0]
-        ctx.save_for_backward(fy if need_g else None, g)
+        # y itself is needed only for a second-order gradient in which the filter gradient
+        # (made from rfft2(yp)) is differentiated with respect to y: only when both need
+        # gradients (then it costs one more saved activation, as a convolution keeps its input)
+        keep_y = need_g and ctx.needs_input_grad[0]
+        ctx.save_for_backward(fy if need_g else None, g, y if keep_y else None)
         out = _fft.irfft2(z, size)
         del z
         return _crop(out, pads, 1, *y.shape[-2:])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        fy, g = ctx.saved_tensors
+        fy, g, y = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable
+            return _ConverseS1.backward_differentiable(ctx, grad, y, g, fy)
         h, w = ctx.size
         left, right, top, bottom = ctx.pads
         gs = _fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
@@ -393,6 +433,34 @@ class _ConverseS1(torch.autograd.Function):
             gyp = _fft.irfft2(gs.mul_(g.conj()), (h, w))
             del gs
             grad_y = _pad_adjoint(gyp, ctx.pads, ctx.mode, ctx.y_shape)
+        return grad_y, grad_g, None, None
+
+    @staticmethod
+    def backward_differentiable(ctx, grad, y, g, fy_saved):
+        """The formulas of :meth:`backward` written with differentiable, out-of-place ops,
+        for double backward (``create_graph=True``)."""
+        need_y, need_g = ctx.needs_input_grad[:2]
+        h, w = ctx.size
+        left, right, top, bottom = ctx.pads
+        with torch.enable_grad():
+            gs = torch.fft.rfft2(F.pad(grad, (left, right, top, bottom)))  # adjoint of the crop
+            grad_y = grad_g = None
+            if need_y:  # correlation with g, then the adjoint of the padding
+                gyp = torch.fft.irfft2(gs * g.conj(), s=(h, w))
+                # the padding is linear: its adjoint is autograd's vjp of the padding itself
+                probe = torch.zeros(ctx.y_shape, dtype=gyp.dtype, device=gyp.device, requires_grad=True)
+                (grad_y,) = torch.autograd.grad(_pad4(probe, ctx.pads, ctx.mode), probe, gyp, create_graph=True)
+            if need_g:
+                # rfft2(yp): differentiable in y when y needs a gradient (then it was kept);
+                # otherwise the saved spectrum is a constant
+                fy = torch.fft.rfft2(_pad4(y, ctx.pads, ctx.mode)) if y is not None else fy_saved
+                dbl = w - (w // 2 + 1)
+                scale = torch.ones(w // 2 + 1, dtype=gs.real.dtype, device=gs.device)
+                scale[1 : 1 + dbl] = 2.0
+                gz = gs * fy.conj() * (scale / (h * w))
+                if ctx.g_batch == 1 and gz.shape[0] != 1:
+                    gz = gz.sum(0, keepdim=True)
+                grad_g = gz
         return grad_y, grad_g, None, None
 
 
@@ -522,11 +590,14 @@ def converse2d(
     pixels from every side of the result.
 
     Args:
-        x: (N, C, H, W) input Y, real floating point. float16/bfloat16 are computed in
-            float32 and returned in the input dtype.
+        x: (N, C, H, W) input Y, real floating point, any strides. The solve runs in
+            float32 (float64 for float64 x); float16/bfloat16 results are returned in
+            x's dtype, and under ``torch.autocast`` in the autocast dtype like a
+            convolution (float64 excepted). N or C may be 0 (empty result).
         weight: (1, C, kh, kw) shared kernel or (N, C, kh, kw) one kernel per sample.
             Centre at ``(kh // 2, kw // 2)``; any size up to the padded output size.
-        lam: positive regulariser: a float, a C-vector, 1xCx1x1 or NxCx1x1 tensor.
+        lam: positive regulariser: a float, a C-vector, 1xCx1x1 or NxCx1x1 tensor;
+            finite and at most the largest float32 (float64 for float64 x).
         scale: integer upsampling factor s >= 1.
         padding: pixels of padding added to every side of x before solving.
         padding_mode: ``"circular"``, ``"reflect"``, ``"replicate"`` or ``"constant"`` (zeros).
@@ -541,7 +612,11 @@ def converse2d(
             near the borders (see ``docs/PERFORMANCE.md``).
 
     Returns:
-        (N, C, H*scale, W*scale) tensor in x's dtype.
+        (N, C, H*scale, W*scale) tensor in x's dtype (see x), ``channels_last`` when x is.
+
+    Gradients flow to x, weight, lam and an x0 tensor, to second order too
+    (``create_graph=True``). Under ``torch.compile`` the solve is one custom op
+    (:mod:`conversenet.functional._solve_op`); see ``docs/LAYER.md``.
 
     Example:
         >>> import torch
@@ -558,7 +633,8 @@ def converse2d(
     scale = _check_int("scale", scale, 1)
     padding = _check_padding(padding, padding_mode, h, w)
     pads = fft_pads(h, w, padding, scale, padding_mode, fft_size)
-    lam_t = _lam_tensor(lam, n, c, weight)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lam_c = _lam_tensor(lam, n, c, weight, compute)
     kh, kw = weight.shape[-2:]
     hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
     if kh > scale * hp or kw > scale * wp:
@@ -576,30 +652,122 @@ def converse2d(
         x0_tensor = x0
     elif x0 not in X0_MODES:
         raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
+    check_fft_device(x.device)
 
-    out_dtype = x.dtype
-    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    out_dtype = output_dtype(x)
+    with _no_autocast(x.device.type):
         y = x.to(compute)
         k = weight.to(compute)
-        lam_c = lam_t.to(compute)
-        if x0_tensor is not None:
-            yp = _pad4(y, pads, padding_mode)
-            x0p = _pad4(x0_tensor.to(compute), tuple(scale * p for p in pads), padding_mode)
-            out = _crop(_solve_with_x0(yp, k, lam_c, scale, x0p), pads, scale, h, w)
+        x0c = x0_tensor.to(compute) if x0_tensor is not None else None
+        x0_mode = "tensor" if x0c is not None else x0
+        if n == 0 or c == 0:
+            out = _empty_result(y, k, lam_c, x0c, filter, scale)
+        elif torch.compiler.is_compiling():
+            # one opaque node for the compiler (Inductor cannot generate code for the
+            # complex tensors inside); it runs the same eager implementation
+            out = _solve_op.converse2d_solve(
+                y, k, lam_c, x0c, filter, scale, list(pads), padding_mode, x0_mode
+            )
         else:
-            if filter is None and not _tracks_grad(y, k, lam_c):
-                # the filter is built group by group inside: never the whole of it at once
-                out = _converse_chunked(y, k, lam_c, pads, padding_mode, scale, x0, (hp, wp))
-            else:
-                g = filter if filter is not None else converse_filter(k, lam_c, (hp, wp), scale, x0)
-                if not _tracks_grad(y, g):
-                    out = _converse_chunked(y, g, None, pads, padding_mode, scale, x0, (hp, wp))
-                elif scale == 1:
-                    out = _ConverseS1.apply(y, g, pads, padding_mode)
-                else:
-                    out = _crop(_apply_filter(_pad4(y, pads, padding_mode), g, scale), pads, scale, h, w)
-    return out.to(out_dtype)
+            out = _solve(y, k, lam_c, x0c, filter, scale, pads, padding_mode, x0_mode)
+    out = out.to(out_dtype)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)  # as a conv would keep it
+    return out
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype of ``converse2d(x, ...)``: that of x; under autocast, autocast's dtype.
+
+    Like a convolution under ``torch.autocast``, the result is in the autocast dtype
+    (float16 or bfloat16) whatever the input dtype, except for float64 inputs, which
+    autocast leaves alone. The solve itself always runs in float32 (float64 for float64).
+    """
+    dev = x.device.type
+    if x.dtype != torch.float64 and _autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _autocast_available(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type)
+
+
+def _no_autocast(device_type: str):
+    """Context that turns autocast off for the solve (a no-op where autocast does not exist)."""
+    if _autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _empty_result(y, k, lam, x0, filt, s) -> torch.Tensor:
+    """The (N, C, sH, sW) result when N or C is 0, still connected to the inputs' graph
+    (every gradient is zero, as no output depends on anything)."""
+    n, c, h, w = y.shape
+    out = y.new_zeros(n, c, s * h, s * w)
+    parts = [t for t in (y, k, lam, x0, filt) if t is not None and _tracks_grad(t)]
+    if parts:
+        out = out + sum(t.sum().real * 0 for t in parts)
+    return out
+
+
+# device types whose torch.fft is known to work; others are probed once (see below)
+_FFT_DEVICES = {"cpu": True, "cuda": True}
+
+
+def check_fft_device(device: torch.device) -> None:
+    """Raises a clear error if ``device`` cannot run the FFTs of the solve.
+
+    CPU and CUDA are known to; any other device type is probed once with a tiny real FFT
+    round trip, and the answer is cached per device type.
+    """
+    ok = _FFT_DEVICES.get(device.type)
+    if ok is None:
+        try:
+            z = torch.fft.rfft2(torch.ones(2, 2, device=device))
+            torch.fft.irfft2(z, s=(2, 2))
+            ok = True
+        except Exception as e:  # any failure means: no usable FFT there
+            ok = False
+            _FFT_ERRORS[device.type] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        _FFT_DEVICES[device.type] = ok
+    if not ok:
+        raise RuntimeError(
+            f"converse2d needs torch.fft, which does not run on device '{device}' "
+            f"({_FFT_ERRORS.get(device.type, 'probe failed')}); move the input and the "
+            "layer to a device with FFT support (cpu or cuda)"
+        )
+
+
+_FFT_ERRORS: dict = {}
+
+
+def _solve(
+    y: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, x0: Optional[torch.Tensor],
+    filt: Optional[torch.Tensor], scale: int, pads: Pads, mode: str, x0_mode: str,
+) -> torch.Tensor:
+    """The solve on validated inputs of the compute dtype (autocast off): (N, C, sH, sW).
+
+    ``x0`` is the unpadded X0 tensor when ``x0_mode == "tensor"``, else None; ``filt`` an
+    optional precomputed :func:`converse_filter`. Takes the fast no-autograd paths where
+    nothing needs a gradient.
+    """
+    pads = tuple(pads)
+    n, c, h, w = y.shape
+    hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
+    if x0 is not None:
+        yp = _pad4(y, pads, mode)
+        x0p = _pad4(x0, tuple(scale * p for p in pads), mode)
+        return _crop(_solve_with_x0(yp, k, lam, scale, x0p), pads, scale, h, w)
+    if filt is None and not _tracks_grad(y, k, lam):
+        # the filter is built group by group inside: never the whole of it at once
+        return _converse_chunked(y, k, lam, pads, mode, scale, x0_mode, (hp, wp))
+    g = filt if filt is not None else converse_filter(k, lam, (hp, wp), scale, x0_mode)
+    if not _tracks_grad(y, g):
+        return _converse_chunked(y, g, None, pads, mode, scale, x0_mode, (hp, wp))
+    if scale == 1:
+        return _ConverseS1.apply(y, g, pads, mode)
+    return _crop(_apply_filter(_pad4(y, pads, mode), g, scale), pads, scale, h, w)
 
 
 def conv_down(x: torch.Tensor, weight: torch.Tensor, scale: int = 1) -> torch.Tensor:

@@ -129,8 +129,15 @@ class Converse2d(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``."""
-        return torch.sigmoid(self.bias - 9.0) + self.eps
+        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``.
+
+        Computed in at least float32 (the solve's precision) even for half-precision
+        parameters: in bfloat16, ``sigmoid(-9) + 1e-5`` would keep only 3 digits.
+        """
+        bias = self.bias
+        if bias.dtype in (torch.float16, torch.bfloat16):
+            bias = bias.float()
+        return torch.sigmoid(bias - 9.0) + self.eps
 
     def _cached_filter(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         if self.training or torch.is_grad_enabled() or self.weight is None:
@@ -217,10 +224,21 @@ class LayerNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).square().mean(1, keepdim=True)
-        x = (x - mu) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # half-precision inputs (e.g. from a convolution under autocast) are normalised in
+        # float32, as autocast does for its own normalisation layers, and returned in
+        # their dtype
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        xf = x.float() if half else x
+        mu = xf.mean(1, keepdim=True)
+        var = (xf - mu).square().mean(1, keepdim=True)
+        xf = (xf - mu) * torch.rsqrt(var + self.eps)
+        out = xf * self.weight[:, None, None] + self.bias[:, None, None]
+        return out.to(x.dtype) if half else out
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    dev = x.device.type
+    return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
 
 
 def _is_pointwise(conv: nn.Module, c: int) -> bool:
@@ -375,7 +393,12 @@ class ConverseBlock(nn.Module):
             self.alpha1 = self.alpha2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and x.dim() == 4 and not self._submodule_hooks():
+        # the fused no-grad path works on reused buffers in place, in x's dtype: compiled
+        # graphs (the compiler fuses the plain path itself), autocast and half inputs (whose
+        # LayerNorm runs in float32 there) take the plain path below
+        if (not torch.is_grad_enabled() and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+                and not torch.compiler.is_compiling() and not _autocast_on(x)
+                and not self._submodule_hooks()):
             return self._forward_no_grad(x)
         if self.alpha1 is None:
             x = x + self.conv1(x)
