@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _fft
+from . import _fft, _matrix_dft
 
 __all__ = [
     "converse2d",
@@ -106,10 +106,8 @@ def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor) -> torch.Tensor:
             f"lam must be a float, a C-vector, 1xCx1x1 or NxCx1x1 (N={n}, C={c}); "
             f"got shape {tuple(lam.shape)}"
         )
-    if not torch.is_grad_enabled() or not lam.requires_grad:
-        bad = not bool((lam > 0).all())
-    else:
-        bad = not bool((lam.detach() > 0).all())
+    # a traced graph (torch.compile / torch.export) cannot branch on values: eager only
+    bad = not torch.compiler.is_compiling() and not bool((lam.detach() > 0).all())
     if bad:
         raise ValueError("lam must be positive everywhere")
     return t
@@ -577,6 +575,8 @@ def converse2d(
     elif x0 not in X0_MODES:
         raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
 
+    if _matrix_dft.export_active():  # export_mode(): real DFT matrices, no FFTs/complex
+        return _matrix_dft.converse2d_export(x, weight, lam_t, scale, pads, padding_mode, x0)
     out_dtype = x.dtype
     compute = torch.float64 if out_dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):

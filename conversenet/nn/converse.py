@@ -375,7 +375,10 @@ class ConverseBlock(nn.Module):
             self.alpha1 = self.alpha2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and x.dim() == 4 and not self._submodule_hooks():
+        # traced graphs (torch.compile / torch.export) take the plain path: the fused one
+        # keeps reused buffers, which tracing would fill with fake tensors
+        if (not torch.is_grad_enabled() and x.dim() == 4 and not torch.compiler.is_compiling()
+                and not self._submodule_hooks()):
             return self._forward_no_grad(x)
         if self.alpha1 is None:
             x = x + self.conv1(x)
