@@ -16,6 +16,7 @@ from typing import List, Optional
 COMMANDS = {
     "bench": "bench",
     "eval": "eval",
+    "export": "export",
     "info": "info",
     "train": "train",
     "denoise": "restore",
