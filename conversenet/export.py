@@ -220,7 +220,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[
         kwargs["opset_version"] = int(opset)
     with torch.no_grad(), export_mode():
         prog = torch.onnx.export(model, inputs, **kwargs)
-    ir_passes.DeduplicateInitializersPass()(prog.model)
+    ir_passes.DeduplicateHashedInitializersPass()(prog.model)
     ir_passes.RemoveUnusedNodesPass()(prog.model)
     proto = prog.model_proto
     nbytes = proto.ByteSize()
