@@ -104,7 +104,8 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
         batch: N.
         image: optional (H, W) or (H, W, C) array in [0, 1] used for every sample;
             default: the package's generated sample scene (:func:`conversenet.restore.sample_image`),
-            converted to grey for one-channel models.
+            converted to grey for one-channel models (its channels repeated in turn for
+            other channel counts).
         kernel: optional (k, k) blur kernel for models taking one (default: Gaussian,
             sigma 1.6, of the model's ``blur_kernel_size``).
 
@@ -115,7 +116,8 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     c = _in_channels(model)
-    if image is None:
+    generated = image is None
+    if generated:
         from .restore import sample_image
 
         image = sample_image(max(h, w, 16))[:h, :w].astype(np.float32) / 255.0
@@ -129,6 +131,8 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
             image = image @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
         elif c == 3 and image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
+        elif generated:  # feature-map inputs of a bare layer: the scene's channels in turn
+            image = image[..., np.arange(c) % image.shape[2]]
         else:
             raise ValueError(f"image has {image.shape[2]} channels, the model takes {c}")
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].repeat(batch, 1, 1, 1)
