@@ -183,7 +183,7 @@ def _set12(data_root, h, w):
     if not f.is_file():
         pytest.skip(f"Set12 image not found at {f}")
     img, _ = read_image(f)
-    return to_float(img)[:h, :w]
+    return to_float(img)[:h, :w].reshape(h, w)  # grey (H, W)
 
 
 def _official_or_random(name):
