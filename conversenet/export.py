@@ -224,6 +224,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[
         kwargs["opset_version"] = int(opset)
     with torch.no_grad(), export_mode():
         prog = torch.onnx.export(model, inputs, **kwargs)
+    _contiguous_initializers(prog.model)  # the hashing pass refuses strided arrays
     ir_passes.DeduplicateHashedInitializersPass()(prog.model)
     ir_passes.RemoveUnusedNodesPass()(prog.model)
     proto = prog.model_proto
@@ -233,6 +234,18 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[
     with atomic_open(path, "wb") as f:
         f.write(proto.SerializeToString())
     return path
+
+
+def _contiguous_initializers(model) -> None:
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        t = value.const_value
+        if t is None:
+            continue
+        arr = t.numpy()
+        if not arr.flags.c_contiguous:
+            value.const_value = ir.tensor(np.ascontiguousarray(arr), name=t.name)
 
 
 def run_onnx(path: Union[str, os.PathLike], *inputs: torch.Tensor, threads: Optional[int] = None) -> np.ndarray:
