@@ -19,7 +19,8 @@ LAYER_MD = ROOT / "docs" / "LAYER.md"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 # the sections this file must keep (issue 14); other sections' blocks run too
 REQUIRED = ("Replacing a depthwise convolution", "Replacing a transposed convolution (ConverseUpsample)", "1-D and 3-D",
-            "Mixed precision", "torch.compile", "Memory formats and devices")
+            "Mixed precision", "torch.compile", "Memory formats and devices",
+            "Export (ONNX, torch.export)")
 
 
 def sections():

@@ -31,6 +31,7 @@ from typing import Iterator, List, Optional
 COMMANDS = {
     "bench": "bench",
     "eval": "eval",
+    "export": "export",
     "info": "info",
     "train": "train",
     "denoise": "restore",

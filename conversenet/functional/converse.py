@@ -29,7 +29,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _fft, _solve_op
+from . import _fft, _matrix_dft, _solve_op
 
 __all__ = [
     "converse2d",
@@ -654,6 +654,8 @@ def converse2d(
         raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
     check_fft_device(x.device)
 
+    if _matrix_dft.export_active():  # export_mode(): real DFT matrices, no FFTs/complex
+        return _matrix_dft.converse2d_export(x, weight, lam_c, scale, pads, padding_mode, x0)
     out_dtype = output_dtype(x)
     with _no_autocast(x.device.type):
         y = x.to(compute)
