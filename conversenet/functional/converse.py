@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _fft
+from . import _fft, _upsolve
 
 __all__ = [
     "converse2d",
@@ -431,6 +431,8 @@ def _converse_chunked(
         step = -(-step // threads) * threads
 
     def solve(sl: slice) -> torch.Tensor:
+        if lam is not None and s > 1:  # solved at the input size (see _upsolve)
+            return _upsolve.converse_up(_pad4(y[:, sl], pads, mode), y[:, sl], k_or_g[:, sl], lam[:, sl], pads, s, x0)
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
         return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
 
