@@ -130,10 +130,9 @@ def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: to
     Returns:
         (N, C, s*h, s*w), the crop of the padded solution.
 
-    The correlation with the kernel of the zero-upsampled v is computed per output phase
-    (py, px): output pixel (s i + py, s j + px) only meets the taps (a, b) that land on
-    the nonzero samples, ``(py - kh//2 + a) % s == 0`` (and likewise for columns), each a
-    shifted copy of v. Those are kh*kw multiply-adds over h x w planes in all.
+    The correlation with the kernel of the zero-upsampled v is one depthwise transposed
+    convolution of v (stride s) with the flipped kernel: kh*kw multiply-adds per input
+    pixel, the zero samples never touched.
     """
     n, c, hp, wp = yp.shape
     left, _, top, _ = pads
@@ -152,30 +151,22 @@ def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: to
     if my0 or my1 or mx0 or mx1:  # the kernel reaches around the (circular) padded grid
         v = F.pad(v, (mx0, mx1, my0, my1), mode="circular")
     top, left = top + my0, left + mx0
-    k = weight.to(v.dtype)
-    out = v.new_empty(n, c, h, s, w, s)
-    for py in range(s):
-        for px in range(s):
-            o = out[:, :, :, py, :, px]
-            first = True
-            for a in range(kh):
-                if (py - ch + a) % s:
-                    continue
-                dy = (py - ch + a) // s
-                rows = v[:, :, top + dy : top + dy + h]
-                for b in range(kw):
-                    if (px - cw + b) % s:
-                        continue
-                    dx = (px - cw + b) // s
-                    tap = k[:, :, a : a + 1, b : b + 1]
-                    src = rows[..., left + dx : left + dx + w]
-                    if first and x0 != "interp":
-                        o.copy_(src).mul_(tap)
-                    elif first:
-                        o.copy_(x).addcmul_(src, tap)
-                    else:
-                        o.addcmul_(src, tap)
-                    first = False
-            if first:  # no tap lands on this phase
-                o.copy_(x) if x0 == "interp" else o.zero_()
-    return out.view(n, c, s * h, s * w)
+    # correlation with K of zero_up(v) = a transposed convolution with the flipped kernel,
+    # shifted by kh-1-kh//2 (one depthwise conv_transpose2d, no upsampled copy of v)
+    r0, c0 = top + dy0, left + dx0
+    vr = v[..., r0 : top + h + dy1, c0 : left + w + dx1]
+    k = weight.to(v.dtype).flip(-2, -1)
+    if weight.shape[0] == 1:
+        ct = F.conv_transpose2d(vr, k.reshape(c, 1, kh, kw), stride=s, groups=c)
+    else:
+        ct = F.conv_transpose2d(vr.reshape(1, n * c, *vr.shape[-2:]), k.reshape(n * c, 1, kh, kw),
+                                stride=s, groups=n * c).reshape(n, c, -1, (vr.shape[-1] - 1) * s + kw)
+    oy, ox = s * (top - r0) + kh - 1 - ch, s * (left - c0) + kw - 1 - cw
+    short_y, short_x = oy + s * h - ct.shape[-2], ox + s * w - ct.shape[-1]
+    if short_y > 0 or short_x > 0:  # kernel smaller than s: the last phases get no tap
+        ct = F.pad(ct, (0, max(0, short_x), 0, max(0, short_y)))
+    out = ct[..., oy : oy + s * h, ox : ox + s * w]
+    if x0 != "interp":
+        return out.contiguous()
+    up = x.to(v.dtype)[:, :, :, None, :, None].expand(n, c, h, s, w, s)
+    return torch.add(out.unflatten(-2, (h, s)).unflatten(-1, (w, s)), up).view(n, c, s * h, s * w)
