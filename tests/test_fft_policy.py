@@ -17,6 +17,7 @@ from _reference import eq6, softmax_kernel
 from conversenet.functional import _fft, _fft_policy, converse2d
 
 HAS_SCIPY = _fft_policy.scipy_fft() is not None
+HAS_DUCC = _fft_policy.ducc_fft() is not None  # optional, never a dependency
 # sizes with the split available (158 = 2*79, 268 = 4*67, 524 = 4*131), odd and even W
 SIZES = [(158, 30), (268, 13), (40, 33), (524, 12)]
 
@@ -49,6 +50,8 @@ def _paths(h):
         paths.append("split")
     if HAS_SCIPY:
         paths.append("scipy")
+    if HAS_DUCC:
+        paths.append("ducc")
     return paths
 
 
@@ -112,12 +115,15 @@ def test_autograd_paths_and_scipy_refusal():
             _fft.rfft2(x.clone().requires_grad_(), path="scipy")
         with torch.no_grad():  # the same tensor without a graph being recorded: fine
             _fft.rfft2(x.clone().requires_grad_(), path="scipy")
+    if HAS_DUCC:
+        with pytest.raises(ValueError, match="ducc"):
+            _fft.rfft2(x.clone().requires_grad_(), path="ducc")
     with pytest.raises(ValueError, match="split"):
         _fft.rfft2(torch.randn(2, 64, 8), path="split")  # 64 has no split factor
     with pytest.raises(ValueError, match="path must be"):
         _fft.rfft2(x, path="fftw")
     # under autograd the policy never offers scipy
-    assert "scipy" not in _fft.available(x.clone().requires_grad_(), h)
+    assert not {"scipy", "ducc"} & set(_fft.available(x.clone().requires_grad_(), h))
 
 
 def test_split_factor_rule():
@@ -186,7 +192,7 @@ def test_measured_decision_is_recorded_and_logged(monkeypatch, caplog):
     # with autograd: a separate decision among differentiable implementations only
     _fft.rfft2(x.clone().requires_grad_())
     grad_rows = [d for d in _fft_policy.decisions() if d["autograd"]]
-    assert len(grad_rows) == 1 and "scipy" not in grad_rows[0]["ms"]
+    assert len(grad_rows) == 1 and not {"scipy", "ducc"} & set(grad_rows[0]["ms"])
     _fft_policy.clear()
 
 
@@ -243,8 +249,8 @@ def test_converse2d_equal_whatever_path(s, h, w, padding, x0):
             ref = ref[crop]
     g = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     grads = []
-    for path in ["torch", "axes", "split", "scipy"]:
-        if path == "scipy" and not HAS_SCIPY:
+    for path in ["torch", "axes", "split", "scipy", "ducc"]:
+        if (path == "scipy" and not HAS_SCIPY) or (path == "ducc" and not HAS_DUCC):
             continue
         with _fft_policy.force(path):
             with torch.no_grad():

@@ -4,7 +4,7 @@
 float rounding. GPUs call torch.fft directly. On CPUs one of these implementations runs,
 chosen per (direction, plane size, batch bucket, dtype, threads, autograd) by a short
 measurement on first use (:mod:`conversenet.functional._fft_policy`; force one with
-``CONVERSENET_FFT=torch|axes|split|scipy`` or the ``path`` argument):
+``CONVERSENET_FFT=torch|axes|split|scipy|ducc`` or the ``path`` argument):
 
 * ``"torch"``: ``torch.fft.rfft2`` / ``irfft2`` (MKL on x86 builds).
 * ``"axes"``: ``rfft`` over W, then ``fft`` over H (complex, strided) as a separate call;
@@ -18,6 +18,10 @@ measurement on first use (:mod:`conversenet.functional._fft_policy`; force one w
   zero-copy numpy round trip; only without an autograd graph (inside the solver's no-grad
   path and inside its ``autograd.Function``, whose backward is written out). On an AMD EPYC
   it ran ``rfft2`` + ``irfft2`` of 128 x 268 x 268 about 2x faster than MKL.
+* ``"ducc"``: ducc0.fft (pocketfft's successor, vectorised over planes), only where the
+  user installed ducc0 (GPL-2.0-or-later, never a dependency of this package), writing
+  straight into torch-owned buffers; no autograd graph, like ``"scipy"``. On the EPYC:
+  about 1.5x faster than scipy.fft at 268 x 268.
 
 ``"axes"`` and ``"split"`` without autograd transform many planes a few at a time (about
 ``_GROUP_ELEMS`` elements per group, into one output), so that each group stays in cache.
@@ -160,17 +164,34 @@ def _irfft2_scipy(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(sfft.irfft2(_numpy(z), s=size, workers=torch.get_num_threads()))
 
 
+def _rfft2_ducc(x: torch.Tensor) -> torch.Tensor:
+    dfft = policy.ducc_fft()
+    out = torch.empty(*x.shape[:-1], x.shape[-1] // 2 + 1, dtype=_COMPLEX[x.dtype])
+    dfft.r2c(_numpy(x), axes=(-2, -1), nthreads=torch.get_num_threads(), out=out.numpy())
+    return out
+
+
+def _irfft2_ducc(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    dfft = policy.ducc_fft()
+    out = torch.empty(*z.shape[:-2], *size, dtype=_REAL[z.dtype])
+    dfft.c2r(_numpy(z), axes=(-2, -1), lastsize=size[1], forward=False, inorm=2,
+             nthreads=torch.get_num_threads(), out=out.numpy())
+    return out
+
+
 _RFFT2: Dict[str, Callable] = {
     "torch": lambda x: torch.fft.rfft2(x),
     "axes": lambda x: _rfft2_axes(x, None),
     "split": lambda x: _rfft2_axes(x, policy.split_factor(x.shape[-2])),
     "scipy": _rfft2_scipy,
+    "ducc": _rfft2_ducc,
 }
 _IRFFT2: Dict[str, Callable] = {
     "torch": lambda z, size: torch.fft.irfft2(z, s=size),
     "axes": lambda z, size: _irfft2_axes(z, size, None),
     "split": lambda z, size: _irfft2_axes(z, size, policy.split_factor(size[0])),
     "scipy": _irfft2_scipy,
+    "ducc": _irfft2_ducc,
 }
 
 
@@ -181,8 +202,10 @@ def available(t: torch.Tensor, h: int) -> Tuple[str, ...]:
     out = ["torch", "axes"]
     if policy.split_factor(h) is not None:
         out.append("split")
-    if policy._scipy_ok(t):
+    if policy._numpy_ok(t, policy.scipy_fft):
         out.append("scipy")
+    if policy._numpy_ok(t, policy.ducc_fft):
+        out.append("ducc")
     return tuple(out)
 
 

@@ -3,9 +3,10 @@
 Several implementations compute the same ``rfft2`` / ``irfft2`` (see
 :mod:`conversenet.functional._fft`): ``"torch"`` (torch.fft, MKL on x86 builds), ``"axes"``
 (the two axes as separate torch 1-D transforms), ``"split"`` (the transform over H by a
-Cooley-Tukey split N = N1 * p, for sizes MKL runs slowly) and ``"scipy"`` (pocketfft through
-``scipy.fft``, when scipy is installed: the ``fast`` extra; only where no autograd graph is
-recorded). Which one is fastest depends on the CPU vendor, the core count and the library
+Cooley-Tukey split N = N1 * p, for sizes MKL runs slowly), ``"scipy"`` (pocketfft through
+``scipy.fft``, when scipy is installed: the ``fast`` extra) and ``"ducc"`` (ducc0.fft, only
+where the user installed ducc0; it is GPL-licensed and never a dependency); the last two
+only where no autograd graph is recorded. Which one is fastest depends on the CPU vendor, the core count and the library
 versions (an FFT size MKL runs fast on one Xeon is 2x slower than pocketfft on an EPYC), so
 nothing is hard-coded: the first time the solver meets a (direction, plane size, batch
 bucket, dtype, threads, autograd) combination on a CPU, every available implementation is
@@ -15,7 +16,7 @@ in all) and the fastest is kept for the rest of the process. GPUs always use tor
 Decisions are logged (``logging.getLogger("conversenet.fft")`` at DEBUG), listed by
 :func:`decisions` (``conversenet bench --explain`` prints them), and can be overridden:
 
-* ``CONVERSENET_FFT=torch|axes|split|scipy|auto`` (environment) or :func:`force` (a context
+* ``CONVERSENET_FFT=torch|axes|split|scipy|ducc|auto`` (environment) or :func:`force` (a context
   manager) forces one implementation wherever it applies (others fall back to ``"torch"``);
 * ``CONVERSENET_FFT_CACHE=1`` (or a file path) keeps decisions on disk, in
   ``$XDG_CACHE_HOME/conversenet/fft_policy.json`` by default, keyed by the CPU model, the
@@ -41,11 +42,11 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 __all__ = ["PATHS", "choose", "force", "forced", "decisions", "format_decisions", "clear",
-           "fft_library", "scipy_fft", "split_factor", "BUDGET_S"]
+           "fft_library", "scipy_fft", "ducc_fft", "split_factor", "BUDGET_S"]
 
 log = logging.getLogger("conversenet.fft")
 
-PATHS = ("torch", "axes", "split", "scipy")
+PATHS = ("torch", "axes", "split", "scipy", "ducc")
 ENV = "CONVERSENET_FFT"
 CACHE_ENV = "CONVERSENET_FFT_CACHE"
 BUDGET_S = 0.4  # measuring time per decision (soft cap; at least one call per candidate)
@@ -67,6 +68,16 @@ def scipy_fft():
     return sfft
 
 
+def ducc_fft():
+    """``ducc0.fft`` if importable, else None. ducc0 (pocketfft's successor, GPL-2.0-or-later)
+    is never a dependency of this package: it is used only where the user installed it."""
+    try:
+        import ducc0
+    except ImportError:
+        return None
+    return ducc0.fft
+
+
 def _mkl_version() -> Optional[str]:
     if not torch.backends.mkl.is_available():
         return None
@@ -85,6 +96,12 @@ def fft_library() -> Dict[str, str]:
         out["scipy.fft"] = f"pocketfft (scipy {scipy.__version__})"
     else:
         out["scipy.fft"] = "not installed (pip install 'conversenet[fast]')"
+    if ducc_fft() is not None:
+        import ducc0
+
+        out["ducc0.fft"] = f"ducc0 {ducc0.__version__}"
+    else:
+        out["ducc0.fft"] = "not installed (optional; GPL)"
     return out
 
 
@@ -257,7 +274,12 @@ def _fingerprint() -> str:
         import scipy
 
         scipy_v = scipy.__version__
-    return f"{_cpu_model()}|torch {torch.__version__}|mkl {_mkl_version()}|scipy {scipy_v}"
+    ducc_v = "none"
+    if ducc_fft() is not None:
+        import ducc0
+
+        ducc_v = ducc0.__version__
+    return f"{_cpu_model()}|torch {torch.__version__}|mkl {_mkl_version()}|scipy {scipy_v}|ducc0 {ducc_v}"
 
 
 def _load_disk() -> None:
@@ -329,9 +351,10 @@ def split_factor(n: int) -> Optional[int]:
     return _split_factor(n)
 
 
-def _scipy_ok(t: torch.Tensor) -> bool:
-    """pocketfft via numpy: CPU, no autograd graph, not while torch.compile traces."""
-    if t.device.type != "cpu" or scipy_fft() is None:
+def _numpy_ok(t: torch.Tensor, lib) -> bool:
+    """A numpy-based library (scipy.fft, ducc0): CPU, installed, no autograd graph being
+    recorded, not while torch.compile traces, float32/float64 data."""
+    if t.device.type != "cpu" or lib() is None:
         return False
     if torch.is_grad_enabled() and t.requires_grad:
         return False
