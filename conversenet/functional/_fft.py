@@ -217,8 +217,8 @@ def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
         if path not in paths:
             raise ValueError(f"path {path!r} does not apply here (available: {paths})")
         return path
-    if len(paths) == 1 or t.numel() < _MIN_MEASURED:
-        return "torch"
+    if len(paths) == 1 or t.numel() < _MIN_MEASURED or torch.compiler.is_compiling():
+        return "torch"  # tiny transforms; and no timing inside a torch.compile trace
     grad = torch.is_grad_enabled() and t.requires_grad
     dtype = _REAL.get(t.dtype, t.dtype)
     planes = t.numel() // (t.shape[-1] * t.shape[-2])

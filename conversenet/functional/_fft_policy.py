@@ -49,8 +49,8 @@ log = logging.getLogger("conversenet.fft")
 PATHS = ("torch", "axes", "split", "scipy", "ducc")
 ENV = "CONVERSENET_FFT"
 CACHE_ENV = "CONVERSENET_FFT_CACHE"
-BUDGET_S = 0.4  # measuring time per decision (soft cap; at least one call per candidate)
-_MAX_REPS = 4
+BUDGET_S = 0.5  # measuring time per decision (soft cap, checked after each round)
+_MIN_REPS, _MAX_REPS = 3, 7  # rounds; the best of a few calls resists a noisy neighbour
 _MEASURE_ELEMS = 1 << 22  # measured tensors hold at most this many elements (batch capped)
 
 _lock = threading.RLock()
@@ -199,7 +199,8 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
 
 def _measure(candidates: Dict[str, Callable[[int], Runner]], planes: int, plane: int) -> Dict[str, float]:
     """Best time per call of each candidate, interleaved (round robin) so that a noisy
-    neighbour hurts all alike; stops after ``_MAX_REPS`` rounds or ``BUDGET_S``."""
+    neighbour hurts all alike; at least ``_MIN_REPS`` rounds (one when ``BUDGET_S`` is 0),
+    then more until ``_MAX_REPS`` rounds or ``BUDGET_S`` seconds."""
     n = max(1, min(_bucket(planes), _MEASURE_ELEMS // max(1, plane)))
     with torch.no_grad():
         runners = {name: make(n) for name, make in candidates.items()}
@@ -207,12 +208,12 @@ def _measure(candidates: Dict[str, Callable[[int], Runner]], planes: int, plane:
             run()
         best = {name: math.inf for name in runners}
         t_start = time.perf_counter()
-        for _ in range(_MAX_REPS):
+        for rnd in range(_MAX_REPS):
             for name, run in runners.items():
                 t0 = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - t0)
-            if time.perf_counter() - t_start > BUDGET_S:
+            if (rnd + 1 >= _MIN_REPS or BUDGET_S <= 0) and time.perf_counter() - t_start > BUDGET_S:
                 break
     return best
 

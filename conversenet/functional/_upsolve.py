@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -119,16 +119,18 @@ def _gain(weight: torch.Tensor, lam: torch.Tensor, s: int, h: int, w: int, x0: s
 
 
 def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor,
-                pads: Tuple[int, int, int, int], s: int, x0: str) -> torch.Tensor:
+                pads: Tuple[int, int, int, int], s: int, x0: str,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Converse2D output (cropped) for s > 1, x0 in ("interp", "zero"), without autograd.
 
     Args:
         yp: (N, C, H, W) padded input; x: (N, C, h, w) the input before padding.
         weight: (1 or N, C, kh, kw) with kh <= sH, kw <= sW; lam: (1 or N, C, 1, 1).
         pads: (left, right, top, bottom) of yp around x.
+        out: optional (N, C, s*h, s*w) tensor (a view is fine) to write the result into.
 
     Returns:
-        (N, C, s*h, s*w), the crop of the padded solution.
+        (N, C, s*h, s*w), the crop of the padded solution (``out`` when given).
 
     The correlation with the kernel of the zero-upsampled v is one depthwise transposed
     convolution of v (stride s) with the flipped kernel: kh*kw multiply-adds per input
@@ -165,8 +167,11 @@ def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: to
     short_y, short_x = oy + s * h - ct.shape[-2], ox + s * w - ct.shape[-1]
     if short_y > 0 or short_x > 0:  # kernel smaller than s: the last phases get no tap
         ct = F.pad(ct, (0, max(0, short_x), 0, max(0, short_y)))
-    out = ct[..., oy : oy + s * h, ox : ox + s * w]
+    corr = ct[..., oy : oy + s * h, ox : ox + s * w]
     if x0 != "interp":
-        return out.contiguous()
+        return corr.contiguous() if out is None else out.copy_(corr)
+    if out is None:
+        out = torch.empty(n, c, s * h, s * w, dtype=v.dtype, device=v.device)
     up = x.to(v.dtype)[:, :, :, None, :, None].expand(n, c, h, s, w, s)
-    return torch.add(out.unflatten(-2, (h, s)).unflatten(-1, (w, s)), up).view(n, c, s * h, s * w)
+    torch.add(corr.unflatten(-2, (h, s)).unflatten(-1, (w, s)), up, out=out.unflatten(-2, (h, s)).unflatten(-1, (w, s)))
+    return out
