@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 __all__ = ["PATHS", "choose", "force", "forced", "decisions", "format_decisions", "clear",
-           "fft_library", "scipy_fft", "ducc_fft", "split_factor", "BUDGET_S"]
+           "fft_library", "scipy_fft", "ducc_fft", "split_factor", "measuring_seconds", "BUDGET_S"]
 
 log = logging.getLogger("conversenet.fft")
 
@@ -57,6 +57,13 @@ _lock = threading.RLock()
 _decisions: Dict[str, dict] = {}
 _forced: List[Optional[str]] = [None]
 _disk_loaded = [False]
+_spent = [0.0]  # seconds spent measuring in this process
+
+
+def measuring_seconds() -> float:
+    """Seconds this process has spent timing candidates (benchmarks subtract it from
+    single cold calls, which would otherwise include a one-time cost)."""
+    return _spent[0]
 
 
 def scipy_fft():
@@ -188,7 +195,9 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
         d = _decisions.get(key)
         if d is not None and d["path"] in candidates:
             return d["path"]
+        t0 = time.perf_counter()
         times = _measure(candidates, planes, h * w)
+        _spent[0] += time.perf_counter() - t0
         path = min(times, key=times.get)
         _decisions[key] = {"path": path, "ms": {k: round(v * 1e3, 3) for k, v in times.items()}}
         log.debug("fft %s: %s (%s)", key, path,
