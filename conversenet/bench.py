@@ -669,6 +669,9 @@ def machine_info(threads: int, device: str) -> Dict[str, str]:
         "threads": str(threads),
         "fft": "; ".join(f"{k}: {v}" for k, v in _fft_policy.fft_library().items())
                + f"; {_fft_policy.ENV}={os.environ.get(_fft_policy.ENV, 'auto')}",
+        # libgomp's idle threads spin by default, which starves the FFT libraries' own
+        # threads on small or shared machines (docs/PERFORMANCE.md, "AMD EPYC")
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin)"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device,
