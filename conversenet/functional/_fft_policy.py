@@ -23,6 +23,11 @@ Decisions are logged (``logging.getLogger("conversenet.fft")`` at DEBUG), listed
   thread count and the torch / MKL / scipy versions; the file is plain JSON, validated on
   load, written atomically.
 
+``"scipy"`` and ``"ducc"`` run on their own threads, between torch operations whose OpenMP
+threads by default keep spinning for a while after each operation; on a machine with few
+cores (or shared) set ``OMP_WAIT_POLICY=PASSIVE`` before starting Python so that the two
+pools do not compete (docs/PERFORMANCE.md, "AMD EPYC").
+
 Whatever is chosen, the results agree to float rounding (tests/test_fft_policy.py compares
 every implementation with explicit float64 DFTs).
 """
@@ -245,7 +250,8 @@ def format_decisions() -> str:
     lib = fft_library()
     lines = ["FFT policy (conversenet.functional._fft_policy): "
              + "; ".join(f"{k}: {v}" for k, v in lib.items())
-             + f"; {ENV}={os.environ.get(ENV, 'auto')}"]
+             + f"; {ENV}={os.environ.get(ENV, 'auto')}"
+             + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
     rows = decisions()
     if not rows:
         lines.append("  (no CPU FFT decisions were made)")
