@@ -84,3 +84,37 @@ def test_up_row_runs_and_reports_consistent_ratios(tmp_path, capsys):
         assert r["impl"] in table
     md = (tmp_path / "b.md").read_text()
     assert "## Machine" in md and "| implementation |" in md
+
+
+def test_header_explain_and_aliases(tmp_path, capsys, monkeypatch):
+    """The output starts with the CPU (vendor, model, ISA, threads, FFT libraries); --explain
+    lists the FFT decisions; row aliases expand (fork -> the six fork-shape rows)."""
+    from conversenet.functional import _fft_policy
+
+    monkeypatch.setattr(_fft_policy, "BUDGET_S", 0.0)
+    n = torch.get_num_threads()
+    try:
+        rc = bench.run_from_args(_args(rows="fork_k3_s1", threads=1, repeat=1, warmup=1, budget=1.0,
+                                       quiet=True, explain=True, markdown=str(tmp_path / "b.md"),
+                                       json=str(tmp_path / "b.json")))
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    out = capsys.readouterr().out
+    head = out.split("\n")
+    for key in ("cpu", "cpu_vendor", "isa", "threads", "fft"):
+        assert any(line.startswith(f"# {key}: ") for line in head[:15]), key
+    assert "torch.fft: " in out and "scipy.fft: " in out
+    assert "1x3x128x128, k=3" in out
+    assert "FFT policy" in out and "132x132" in out  # the padded 128 + 2*2 transforms
+    assert "FFT policy" in (tmp_path / "b.md").read_text()
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert any(d["size"] == "132x132" for d in data["fft_decisions"])
+    forks = [r for r in bench.ROWS if r.startswith("fork_")]
+    assert sorted(forks) == sorted(f"fork_k{k}_s{s}" for k in (3, 5, 7) for s in (1, 2))
+    assert bench.ROW_ALIASES["fork"].split(",") == forks and bench.ROW_ALIASES["train"] == "dncnn_train"
+
+
+def test_cpuinfo_isa():
+    info = bench._cpuinfo()
+    assert set(info) == {"vendor", "model", "isa"} and info["model"]

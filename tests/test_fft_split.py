@@ -1,5 +1,5 @@
 """The solver's FFT helpers (conversenet/functional/_fft.py), in particular the Cooley-Tukey
-split used on CPUs for lengths such as 524 = 4 * 131, against DFTs written as explicit
+split offered on CPUs for lengths such as 524 = 4 * 131 (used where it measures fastest), against DFTs written as explicit
 float64 sums, and Converse2D at such sizes against the paper's Eq. 6."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from _reference import eq6, softmax_kernel
-from conversenet.functional import _fft, converse2d
+from conversenet.functional import _fft, _fft_policy, converse2d
 
 SPLIT_SIZES = [(2, 79), (3, 101), (4, 131), (8, 97), (6, 7)]
-MKL = torch.backends.mkl.is_available()  # the split policy applies on MKL CPUs only
 
 
 def _dft_matrix(n: int, inverse: bool) -> np.ndarray:
@@ -46,17 +45,6 @@ def test_fft_h_bad_split():
             _fft.fft_h(z, n1=bad)
 
 
-@pytest.mark.skipif(not MKL, reason="the split policy is for CPUs whose torch.fft runs on MKL")
-def test_split_rule():
-    cpu = torch.device("cpu")
-    assert _fft.ct_split(524, cpu) == 4
-    assert _fft.ct_split(2 * 79, cpu) == 2 and _fft.ct_split(8 * 97, cpu) == 8
-    assert _fft.ct_split(268, cpu) is None  # 4 * 67: MKL is as fast on its own
-    assert _fft.ct_split(131, cpu) is None  # a prime alone needs no split
-    assert _fft.ct_split(512, cpu) is None
-    assert _fft.ct_split(524, torch.device("meta")) is None  # only CPUs take the split
-
-
 @pytest.mark.parametrize("h,w", [(158, 30), (524, 12), (40, 33)])
 def test_rfft2_irfft2_match_numpy(h, w):
     gen = torch.Generator().manual_seed(h + w)
@@ -73,9 +61,14 @@ def test_rfft2_irfft2_match_numpy(h, w):
 
 @pytest.mark.parametrize("s,h,padding", [(1, 146, 6), (2, 75, 2)])
 def test_converse2d_at_split_sizes_matches_eq6(s, h, padding):
-    """Padded output height s*(h+2p) = 158 = 2 * 79 runs the split (on MKL CPUs), in the
+    """Padded output height s*(h+2p) = 158 = 2 * 79 runs the split (forced), in the
     no-grad and autograd paths."""
-    assert _fft.ct_split(s * (h + 2 * padding), torch.device("cpu")) == (2 if MKL else None)
+    assert _fft.ct_split(s * (h + 2 * padding), torch.device("cpu")) == 2
+    with _fft_policy.force("split"):
+        _check_split_size(s, h, padding)
+
+
+def _check_split_size(s, h, padding):
     gen = torch.Generator().manual_seed(7)
     y = torch.randn(1, 2, h, 20, generator=gen, dtype=torch.float64)
     k = softmax_kernel(gen, 1, 2, 5, 5)
@@ -105,15 +98,14 @@ def test_grouped_split_path_matches_numpy(monkeypatch, h, w):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, h, w, generator=gen, dtype=torch.float64)  # 8 planes: groups 3+3+2
     ref = np.fft.rfft2(x.numpy())
-    if MKL and h == 524:
-        assert _fft._split_axes(x) and _fft._groups(x, h * (w // 2 + 1)) == 3
-    spec = _fft.rfft2(x)
+    assert _fft._groups(x, h * (w // 2 + 1)) == 3
+    spec = _fft.rfft2(x, path="split")
     assert spec.shape == ref.shape and spec.is_contiguous()
     assert np.abs(spec.numpy() - ref).max() / np.abs(ref).max() < 1e-12
-    back = _fft.irfft2(torch.from_numpy(ref), (h, w))
+    back = _fft.irfft2(torch.from_numpy(ref), (h, w), path="split")
     assert back.shape == x.shape and np.abs(back.numpy() - x.numpy()).max() < 1e-12
     # with autograd the one-call path runs, and gradients flow through it
     xg = x.clone().requires_grad_()
     assert _fft._groups(xg, h * (w // 2 + 1)) is None
-    _fft.irfft2(_fft.rfft2(xg), (h, w)).sum().backward()
+    _fft.irfft2(_fft.rfft2(xg, path="split"), (h, w), path="split").sum().backward()
     assert torch.allclose(xg.grad, torch.ones_like(x))

@@ -1,57 +1,65 @@
-"""The real 2-D FFTs of the solver, with a faster CPU path for sizes MKL handles slowly.
+"""The real 2-D FFTs of the solver; on CPUs the fastest available implementation is used.
 
 ``rfft2(x)`` and ``irfft2(z, size)`` equal ``torch.fft.rfft2`` / ``torch.fft.irfft2`` up to
-float rounding. On CPUs, for the sizes below and for a few large planes, they run the two
-axes as separate 1-D transforms, and the transform over H (a strided axis, complex) is
-split by Cooley-Tukey when its length is
-``N = N1 * p`` with a prime p in ``_CT_PRIMES`` and a small N1: MKL (2024.2) runs mixed
-sizes such as 524 = 4 * 131 with a radix-p step whose cost grows with p, while it
-transforms the prime length p itself quickly. Measured at 2 threads on 4 planes of
-524 x 263: 6.6 ms for ``fft(dim=-2)``, 2.4 ms split; the split loses below p = 79 and
-at p = 179, hence the window. GPUs always call torch.fft directly.
+float rounding. GPUs call torch.fft directly. On CPUs one of these implementations runs,
+chosen per (direction, plane size, batch bucket, dtype, threads, autograd) by a short
+measurement on first use (:mod:`conversenet.functional._fft_policy`; force one with
+``CONVERSENET_FFT=torch|axes|split|scipy|ducc`` or the ``path`` argument):
+
+* ``"torch"``: ``torch.fft.rfft2`` / ``irfft2`` (MKL on x86 builds).
+* ``"axes"``: ``rfft`` over W, then ``fft`` over H (complex, strided) as a separate call;
+  a few large planes spread better over the threads this way on some CPUs.
+* ``"split"``: as ``"axes"``, with the transform over H split by Cooley-Tukey when its
+  length is ``N = N1 * p`` (p the largest prime factor, N1 <= 8): MKL 2024.2 runs mixed
+  sizes such as 524 = 4 * 131 with a radix-p step whose cost grows with p, while it
+  transforms the prime length p itself quickly (on an Intel Xeon, 4 planes of 524 x 263:
+  6.6 ms for ``fft(dim=-2)``, 2.4 ms split).
+* ``"scipy"``: pocketfft through ``scipy.fft`` (``workers`` = torch's thread count) with a
+  zero-copy numpy round trip; only without an autograd graph (inside the solver's no-grad
+  path and inside its ``autograd.Function``, whose backward is written out). On an AMD EPYC
+  it ran ``rfft2`` + ``irfft2`` of 128 x 268 x 268 about 2x faster than MKL.
+* ``"ducc"``: ducc0.fft (pocketfft's successor, vectorised over planes), only where the
+  user installed ducc0 (GPL-2.0-or-later, never a dependency of this package), writing
+  straight into torch-owned buffers; no autograd graph, like ``"scipy"``. On the EPYC:
+  about 1.5x faster than scipy.fft at 268 x 268.
+
+``"axes"`` and ``"split"`` without autograd transform many planes a few at a time (about
+``_GROUP_ELEMS`` elements per group, into one output), so that each group stays in cache.
 
 Split (N = N1 * N2, ``n = N2 n1 + n2``, ``k = k1 + N1 k2``)::
 
     X[k1 + N1 k2] = sum_n2 W_N2^(n2 k2) * W_N^(n2 k1) * sum_n1 x[N2 n1 + n2] W_N1^(n1 k1)
 
 The N1-point DFTs are one small complex matrix product, the twiddles one multiply, the
-N2-point DFTs one batched MKL call, the reordering one copy.
+N2-point DFTs one batched torch.fft call, the reordering one copy.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["rfft2", "irfft2", "fft_h", "ct_split"]
+from . import _fft_policy as policy
 
-_CT_PRIMES = (79, 163)  # inclusive range of the large prime factor where the split wins
-_CT_MAX_N1 = 8
+__all__ = ["rfft2", "irfft2", "fft_h", "ct_split", "PATHS"]
 
-
-def _largest_prime(n: int) -> int:
-    best, p = 1, 2
-    while p * p <= n:
-        while n % p == 0:
-            best, n = p, n // p
-        p += 1
-    return max(best, n) if n > 1 else best
+PATHS = policy.PATHS
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_REAL = {c: r for r, c in _COMPLEX.items()}
+# below this many elements per call every implementation takes microseconds: torch.fft,
+# without measuring
+_MIN_MEASURED = 1 << 13
 
 
 def ct_split(n: int, device: torch.device) -> Optional[int]:
-    """N1 of the Cooley-Tukey split used for a length-n transform over H, or None.
-
-    Only CPUs whose torch.fft runs on MKL (where the window was measured) take it."""
-    if device.type != "cpu" or not torch.backends.mkl.is_available():
+    """N1 of the Cooley-Tukey split available for a length-n transform over H on this
+    device (CPUs only), or None. Whether it is used is measured (see the module docstring)."""
+    if device.type != "cpu":
         return None
-    p = _largest_prime(n)
-    n1 = n // p
-    if _CT_PRIMES[0] <= p <= _CT_PRIMES[1] and 2 <= n1 <= _CT_MAX_N1:
-        return n1
-    return None
+    return policy.split_factor(n)
 
 
 @functools.lru_cache(maxsize=32)
@@ -77,9 +85,8 @@ def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
           out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``torch.fft.fft(z, dim=-2)`` (``ifft`` if ``inverse``) of a complex (..., N, L) tensor.
 
-    ``n1``: split as N = n1 * (N / n1) whatever the device (default: :func:`ct_split`'s
-    choice, which may be no split). ``out``: optional contiguous tensor of z's shape and
-    dtype for the result (no autograd).
+    ``n1``: split as N = n1 * (N / n1) (any device); None: one torch.fft call. ``out``:
+    optional contiguous tensor of z's shape and dtype for the result (no autograd).
 
     Example:
         >>> import torch
@@ -88,9 +95,7 @@ def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
         True
     """
     *lead, n, length = z.shape
-    if n1 is None:
-        n1 = ct_split(n, z.device)
-    elif not (1 < n1 < n and n % n1 == 0):
+    if n1 is not None and not (1 < n1 < n and n % n1 == 0):
         raise ValueError(f"n1 must be a divisor of N={n} between 2 and N-1, got {n1}")
     if n1 is None:
         fn = torch.fft.ifft if inverse else torch.fft.fft
@@ -106,61 +111,142 @@ def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
     return out
 
 
-def _split_axes(x: torch.Tensor) -> bool:
-    """Whether the CPU path runs the axes one by one (see the module docstring)."""
-    if x.device.type != "cpu":
-        return False
-    if ct_split(x.shape[-2], x.device) is not None:
-        return True
-    # even without the split, a few large planes spread over threads better this way
-    plane = x.shape[-1] * x.shape[-2]
-    return plane >= (1 << 16) and x.numel() // plane <= 32
-
-
-# planes are transformed in groups of about this many complex elements when the split path
-# runs without autograd: per group everything stays in cache (measured at 2 threads, 524 x
-# 524: 4-16 planes at a time are 1.5-2.3x faster than MKL's rfft2, 128 at once slower)
+# planes are transformed in groups of about this many complex elements by "axes"/"split"
+# without autograd: per group everything stays in cache (Xeon, 2 threads, 524 x 524: 4-16
+# planes at a time were 1.5-2.3x faster than MKL's rfft2, 128 at once slower)
 _GROUP_ELEMS = 1 << 20
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-_REAL = {c: r for r, c in _COMPLEX.items()}
 
 
 def _groups(t: torch.Tensor, plane: int) -> Optional[int]:
-    """Planes per group for the grouped split path, or None to transform in one call."""
+    """Planes per group for the grouped paths, or None to transform in one call."""
     if torch.is_grad_enabled() and t.requires_grad:
         return None  # the grouped path writes into a preallocated output (no autograd)
     step = max(1, _GROUP_ELEMS // plane)
     return step if t.numel() // (t.shape[-1] * t.shape[-2]) > step else None
 
 
-def rfft2(x: torch.Tensor) -> torch.Tensor:
-    """``torch.fft.rfft2(x)`` of a real (..., H, W) tensor -> (..., H, W//2+1)."""
-    if not _split_axes(x):
-        return torch.fft.rfft2(x)
+def _rfft2_axes(x: torch.Tensor, n1: Optional[int]) -> torch.Tensor:
     *lead, h, w = x.shape
     step = _groups(x, h * (w // 2 + 1)) if x.dtype in _COMPLEX else None
     if step is None:
-        return fft_h(torch.fft.rfft(x, dim=-1))
+        return fft_h(torch.fft.rfft(x, dim=-1), n1=n1)
     xs = x.reshape(-1, h, w)
     out = torch.empty(xs.shape[0], h, w // 2 + 1, dtype=_COMPLEX[x.dtype], device=x.device)
     for c0 in range(0, xs.shape[0], step):
-        fft_h(torch.fft.rfft(xs[c0 : c0 + step], dim=-1), out=out[c0 : c0 + step])
+        fft_h(torch.fft.rfft(xs[c0 : c0 + step], dim=-1), n1=n1, out=out[c0 : c0 + step])
     return out.reshape(*lead, h, w // 2 + 1)
 
 
-def irfft2(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def _irfft2_axes(z: torch.Tensor, size: Tuple[int, int], n1: Optional[int]) -> torch.Tensor:
+    h, w = size
+    *lead, _, length = z.shape
+    step = _groups(z, h * length) if z.dtype in _REAL else None
+    if step is None:
+        return torch.fft.irfft(fft_h(z, inverse=True, n1=n1), n=w, dim=-1)
+    zs = z.reshape(-1, h, length)
+    out = torch.empty(zs.shape[0], h, w, dtype=_REAL[z.dtype], device=z.device)
+    for c0 in range(0, zs.shape[0], step):
+        torch.fft.irfft(fft_h(zs[c0 : c0 + step], inverse=True, n1=n1), n=w, dim=-1, out=out[c0 : c0 + step])
+    return out.reshape(*lead, h, w)
+
+
+def _numpy(t: torch.Tensor):
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
+def _rfft2_scipy(x: torch.Tensor) -> torch.Tensor:
+    sfft = policy.scipy_fft()
+    return torch.from_numpy(sfft.rfft2(_numpy(x), workers=torch.get_num_threads()))
+
+
+def _irfft2_scipy(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    sfft = policy.scipy_fft()
+    return torch.from_numpy(sfft.irfft2(_numpy(z), s=size, workers=torch.get_num_threads()))
+
+
+def _rfft2_ducc(x: torch.Tensor) -> torch.Tensor:
+    dfft = policy.ducc_fft()
+    out = torch.empty(*x.shape[:-1], x.shape[-1] // 2 + 1, dtype=_COMPLEX[x.dtype])
+    dfft.r2c(_numpy(x), axes=(-2, -1), nthreads=torch.get_num_threads(), out=out.numpy())
+    return out
+
+
+def _irfft2_ducc(z: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    dfft = policy.ducc_fft()
+    out = torch.empty(*z.shape[:-2], *size, dtype=_REAL[z.dtype])
+    dfft.c2r(_numpy(z), axes=(-2, -1), lastsize=size[1], forward=False, inorm=2,
+             nthreads=torch.get_num_threads(), out=out.numpy())
+    return out
+
+
+_RFFT2: Dict[str, Callable] = {
+    "torch": lambda x: torch.fft.rfft2(x),
+    "axes": lambda x: _rfft2_axes(x, None),
+    "split": lambda x: _rfft2_axes(x, policy.split_factor(x.shape[-2])),
+    "scipy": _rfft2_scipy,
+    "ducc": _rfft2_ducc,
+}
+_IRFFT2: Dict[str, Callable] = {
+    "torch": lambda z, size: torch.fft.irfft2(z, s=size),
+    "axes": lambda z, size: _irfft2_axes(z, size, None),
+    "split": lambda z, size: _irfft2_axes(z, size, policy.split_factor(size[0])),
+    "scipy": _irfft2_scipy,
+    "ducc": _irfft2_ducc,
+}
+
+
+def available(t: torch.Tensor, h: int) -> Tuple[str, ...]:
+    """Implementations that apply to a CPU transform of ``t`` with H = h (in PATHS order)."""
+    if t.device.type != "cpu":
+        return ("torch",)
+    out = ["torch", "axes"]
+    if policy.split_factor(h) is not None:
+        out.append("split")
+    if policy._numpy_ok(t, policy.scipy_fft):
+        out.append("scipy")
+    if policy._numpy_ok(t, policy.ducc_fft):
+        out.append("ducc")
+    return tuple(out)
+
+
+def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
+    paths = available(t, h)
+    if path is not None:
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path not in paths:
+            raise ValueError(f"path {path!r} does not apply here (available: {paths})")
+        return path
+    if len(paths) == 1 or t.numel() < _MIN_MEASURED or torch.compiler.is_compiling():
+        return "torch"  # tiny transforms; and no timing inside a torch.compile trace
+    grad = torch.is_grad_enabled() and t.requires_grad
+    dtype = _REAL.get(t.dtype, t.dtype)
+    planes = t.numel() // (t.shape[-1] * t.shape[-2])
+
+    def maker(name: str):
+        def make(n: int):
+            if op == "rfft2":
+                x = torch.randn(n, h, w, dtype=dtype)
+                return lambda: _RFFT2[name](x)
+            z = torch.randn(n, h, w // 2 + 1, dtype=_COMPLEX[dtype])
+            return lambda: _IRFFT2[name](z, (h, w))
+        return make
+
+    return policy.choose(op, h, w, planes, dtype, grad, {p: maker(p) for p in paths})
+
+
+def rfft2(x: torch.Tensor, path: Optional[str] = None) -> torch.Tensor:
+    """``torch.fft.rfft2(x)`` of a real (..., H, W) tensor -> (..., H, W//2+1).
+
+    ``path``: force one implementation (a ValueError if it does not apply, e.g. ``"scipy"``
+    on a tensor that requires grad); default: the policy's choice."""
+    h, w = x.shape[-2:]
+    return _RFFT2[_pick("rfft2", x, h, w, path)](x)
+
+
+def irfft2(z: torch.Tensor, size: Tuple[int, int], path: Optional[str] = None) -> torch.Tensor:
     """``torch.fft.irfft2(z, s=size)`` of a (..., H, W//2+1) half-plane -> (..., H, W)."""
     h, w = size
     if z.shape[-2] != h:
         raise ValueError(f"z has {z.shape[-2]} rows, size asks for {h}")
-    if not _split_axes(z):
-        return torch.fft.irfft2(z, s=size)
-    *lead, _, length = z.shape
-    step = _groups(z, h * length) if z.dtype in _REAL else None
-    if step is None:
-        return torch.fft.irfft(fft_h(z, inverse=True), n=w, dim=-1)
-    zs = z.reshape(-1, h, length)
-    out = torch.empty(zs.shape[0], h, w, dtype=_REAL[z.dtype], device=z.device)
-    for c0 in range(0, zs.shape[0], step):
-        torch.fft.irfft(fft_h(zs[c0 : c0 + step], inverse=True), n=w, dim=-1, out=out[c0 : c0 + step])
-    return out.reshape(*lead, h, w)
+    return _IRFFT2[_pick("irfft2", z, h, w, path)](z, (h, w))

@@ -29,7 +29,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _fft, _matrix_dft, _solve_op
+from . import _fft, _matrix_dft, _solve_op, _upsolve
 
 __all__ = [
     "converse2d",
@@ -498,7 +498,10 @@ def _converse_chunked(
     if y.device.type == "cpu" and step < c and step >= threads:  # whole FFT batches per thread
         step = -(-step // threads) * threads
 
-    def solve(sl: slice) -> torch.Tensor:
+    def solve(sl: slice, dst: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if lam is not None and s > 1:  # solved at the input size, written into dst (see _upsolve)
+            return _upsolve.converse_up(_pad4(y[:, sl], pads, mode), y[:, sl], k_or_g[:, sl], lam[:, sl],
+                                        pads, s, x0, out=dst)
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
         return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
 
@@ -507,7 +510,10 @@ def _converse_chunked(
     out = y.new_empty(n, c, s * h, s * w)
     for c0 in range(0, c, step):
         sl = slice(c0, min(c, c0 + step))
-        out[:, sl] = solve(sl)
+        if lam is not None and s > 1:
+            solve(sl, out[:, sl])
+        else:
+            out[:, sl] = solve(sl)
     return out
 
 
