@@ -24,6 +24,7 @@ COMMANDS = {
     "demo": "restore",
     "degrade": "restore",
     "visualize": "visualize",
+    "serve": "serve",
 }
 
 
