@@ -372,9 +372,11 @@ def test_browser_inside_a_layer(page, server):
     page.locator("#layer-run").click()
     page.locator("#layer-figure img").first.wait_for()
     summary = page.locator("#layer-summary").inner_text()
-    first = Engine.__new__(Engine)  # the layer list without a device: what the page offers first
-    first._layer_cache = {}
-    assert f"layer {first.layers_of('converse_dncnn_official')[0]} of converse_dncnn_official" in summary, summary
+    from conversenet.models import create
+    from conversenet.visualize import converse_layers
+
+    first = converse_layers(create("converse_dncnn_official"))[0]  # the page's default model and layer
+    assert f"layer {first} of converse_dncnn_official" in summary, summary
     assert "max |Y − X*⊗K|" in summary and "random weights" in summary, summary
 
 

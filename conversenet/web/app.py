@@ -133,8 +133,8 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
                     lch = gr.Slider(1, 6, value=3, step=1, label="Channels shown", elem_id="layer-channels")
                     lrun = gr.Button("Show the layer", variant="primary", elem_id="layer-run")
                 with gr.Column(scale=2):
-                    lfig = gr.Image(label="Y, K, X*, X* ⊗ K and Y − X* ⊗ K per channel", type="filepath",
-                                    format="png", interactive=False, elem_id="layer-figure")
+                    lfig = gr.Image(label="Y, K, X*, X* ⊗ K and Y − X* ⊗ K per channel", show_label=False,
+                                    type="filepath", format="png", interactive=False, elem_id="layer-figure")
                     lsum = gr.Markdown(elem_id="layer-summary")
 
         # ------------------------------------------------------------------ events
