@@ -110,6 +110,66 @@ def test_engine_colour_jpeg_stays_jpeg_and_metrics_match_file(engine, tmp_path, 
     assert 0 < r.metrics["ssim_in"] < r.metrics["ssim"] <= 1
 
 
+@pytest.mark.parametrize("name,arr", [
+    ("rgba16.png", np.random.default_rng(0).integers(0, 65536, (40, 36, 4)).astype(np.uint16)),
+    ("grey16.tif", np.random.default_rng(1).integers(0, 65536, (40, 36, 1)).astype(np.uint16)),
+    ("rgb8.tiff", np.random.default_rng(2).integers(0, 256, (40, 36, 3)).astype(np.uint8)),
+    ("grey8.bmp", np.random.default_rng(3).integers(0, 256, (40, 36, 1)).astype(np.uint8)),
+])
+def test_engine_result_keeps_format_depth_channels(engine, tmp_path, name, arr):
+    from conversenet.data import read_image
+    from conversenet.models import create
+
+    src = tmp_path / name
+    write_image(src, arr)
+    net = create("converse_dncnn", width=4, num_blocks=1)  # random weights: layout only
+    (r,) = engine.restore([str(src)], "Denoise", model_override=net).images
+    out, info = read_image(r.path, alpha="keep")
+    assert r.path.suffix == src.suffix and out.shape == arr.shape and out.dtype == arr.dtype
+    assert r.bit_depth == info.bit_depth == (16 if arr.dtype == np.uint16 else 8)
+    if arr.shape[2] == 4:
+        np.testing.assert_array_equal(out[..., 3], arr[..., 3])  # alpha passed through
+    assert r.before.shape == r.after.shape == (40, 36, 3) and r.after.dtype == np.uint8
+
+
+def test_engine_tiles_report_progress(tmp_path):
+    from conversenet.models import create
+
+    root = tmp_path / "srv"
+    root.mkdir()
+    eng = Engine(root, device="cpu", tile=48)
+    src = tmp_path / "t.png"
+    write_image(src, _clean_grey(80))
+    net = create("converse_dncnn", width=4, num_blocks=1)
+    seen = []
+    rep = eng.restore([str(src)], "Denoise", model_override=net, progress=lambda f, d: seen.append((f, d)))
+    whole = Engine(root, device="cpu", tile=0).restore([str(src)], "Denoise", model_override=net)
+    tiles = [d for _, d in seen if "tile" in d]
+    assert tiles and tiles[-1].endswith(f"tile {len(tiles)}/{len(tiles)}") and len(tiles) >= 4
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1][0] == 1.0
+    assert rep.images[0].after.shape == whole.images[0].after.shape
+
+
+@pytest.mark.weights
+def test_engine_official_sr_and_deblur(engine, tmp_path, official_dir):
+    from conversenet.data import imresize
+
+    clean = sample_image(96, seed=5)
+    lr = np.clip(np.round(imresize(clean.astype(np.float64) / 255, 0.25) * 255), 0, 255).astype(np.uint8)
+    src, ref = tmp_path / "s.png", tmp_path / "ref" / "s.png"
+    write_image(src, lr)
+    write_image(ref, clean)
+    rep = engine.restore([str(src)], "Super-resolution ×4", weights="Auto", references=[str(ref)])
+    (r,) = rep.images
+    assert "authors' weights converse_srresnet.pth" in rep.source
+    assert np.asarray(Image.open(r.path)).shape == clean.shape
+    assert r.metrics["psnr"] > r.metrics["psnr_in"] + 1  # better than bicubic (Y channel, border 4)
+    rep = engine.restore([str(ref)], "Deblur, Gaussian kernel", weights="Official", kernel_sigma=1.6)
+    assert "converse_usrnet" in rep.source and rep.images[0].path.name == "s_deblurred.png"
+    rep = engine.restore([str(ref)], "Deblur, blind", weights="Official")
+    assert "conversenet" in rep.source
+
+
 def test_engine_one_bad_upload_among_several(engine, tmp_path, offline):
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     write_image(good, _noisy(_clean_grey(48)))
@@ -202,6 +262,8 @@ def test_engine_layer_figure(engine, tmp_path):
     assert f"layer `{layers[1]}`" in summary and "scene.png (40x40)" in summary
     with pytest.raises(WebError, match="no Converse2d layer 'nope'"):
         engine.layer_figure("converse_dncnn", "Random (untrained)", "nope")
+    with pytest.raises(ValueError, match="tile must be 0"):
+        Engine(tmp_path, tile=16)
     with pytest.raises(WebError, match="crop size"):
         engine.layer_figure("converse_dncnn", "Random (untrained)", None, size=8)
 
@@ -220,7 +282,7 @@ def test_clean_uploads_only_inside_root(tmp_path):
 def test_cli_serve_bad_options():
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for args, msg in ((["--max-pixels", "0"], "--max-pixels must be >= 1"), (["--port", "70000"], "--port must be"),
-                      (["--max-memory", "lots"], "max_memory must look like")):
+                      (["--max-memory", "lots"], "max_memory must look like"), (["--tile", "20"], "--tile must be 0")):
         r = subprocess.run([sys.executable, "-m", "conversenet", "serve", *args], capture_output=True, text=True,
                            env=env)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
@@ -259,20 +321,25 @@ def server(tmp_path_factory):
                              env=env, cwd=str(REPO))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300  # a safety net for a server that never comes up, not a speed check
-    while True:
-        m = re.search(r"server files in (\S+), deleted on exit", log.read_text())  # printed once it listens
-        if m:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                assert r.status == 200
-            break
-        if p.poll() is not None or time.monotonic() > deadline:
-            p.kill()
-            pytest.fail(f"conversenet serve did not start:\n{log.read_text()}")
-        time.sleep(0.5)
-    yield {"url": url, "proc": p, "root": Path(m.group(1)), "log": log}
-    if p.poll() is None:
-        p.kill()
-        p.wait()
+    try:
+        while True:
+            m = re.search(r"server files in (\S+), deleted on exit", log.read_text())  # printed once it listens
+            if m:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    assert r.status == 200
+                break
+            if p.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"conversenet serve did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield {"url": url, "proc": p, "root": Path(m.group(1)), "log": log}
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="largest image a request may send, width x height in input pixels (default 16777216 = 4096^2)")
     p.add_argument("--max-memory", dest="max_memory", default=None,
                    help="working-memory budget of one model run before tiling, e.g. 4GB (default 4GB)")
-    p.add_argument("--tile", type=int, default=None, help="tile side in input pixels (default: only when needed)")
+    p.add_argument("--tile", type=int, default=None, help="tile side in input pixels, > 32 (default: tile only above --max-memory; 0: never)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -42,8 +42,8 @@ def run(args) -> int:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    if args.tile is not None and args.tile < 0:
-        raise CLIError(f"--tile must be >= 0, got {args.tile}")
+    if args.tile is not None and (args.tile < 0 or 0 < args.tile <= 32):
+        raise CLIError(f"--tile must be 0 (never tile) or larger than the 32-pixel tile overlap, got {args.tile}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     from .. import restore as R

@@ -262,8 +262,12 @@ def serve(root, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
     demo.queue(default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, on_term)
     try:
+        # uploads above this are refused by gradio before they are stored: room for an
+        # uncompressed 16-bit RGBA image of max_pixels, and for weights files
+        max_upload = max(8 * engine.max_pixels + 2**20, 256 * 2**20)
         _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                                show_error=False, ssr_mode=False, footer_links=[], mcp_server=False, theme=theme())
+                                show_error=False, ssr_mode=False, footer_links=[], mcp_server=False, theme=theme(),
+                                max_file_size=max_upload)
         print(f"conversenet serve: open {url} (device {engine.device}, at most {engine.max_pixels:,} pixels "
               f"per image; server files in {root}, deleted on exit). Ctrl-C stops.", flush=True)
         demo.block_thread()

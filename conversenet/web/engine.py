@@ -132,6 +132,10 @@ class Engine:
         self.device = R.resolve_device(device)
         self.max_pixels = int(max_pixels)
         self.max_memory = R.parse_memory(R.DEFAULT_MAX_MEMORY if max_memory is None else max_memory)
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0
+                                 or 0 < tile <= R.DEFAULT_OVERLAP):
+            raise ValueError(f"tile must be 0 (never tile) or larger than the {R.DEFAULT_OVERLAP}-pixel overlap, "
+                             f"got {tile!r}")
         self.tile = tile
         self._models: Dict[Tuple, object] = {}
         self._layer_cache: Dict[str, Tuple[List[str], bool]] = {}
