@@ -170,6 +170,24 @@ def test_engine_official_sr_and_deblur(engine, tmp_path, official_dir):
     assert "conversenet" in rep.source
 
 
+def test_engine_deletes_old_results(tmp_path):
+    from conversenet.models import create
+
+    root = tmp_path / "srv"
+    root.mkdir()
+    eng = Engine(root, device="cpu", result_max_age=600)
+    src = tmp_path / "a.png"
+    write_image(src, _clean_grey(32))
+    net = create("converse_dncnn", width=4, num_blocks=1)
+    first = eng.restore([str(src)], "Denoise", model_override=net).images[0].path.parent
+    second = eng.restore([str(src)], "Denoise", model_override=net).images[0].path.parent
+    assert first.is_dir() and second.is_dir() and first != second
+    old = time.time() - 601
+    os.utime(first, (old, old))
+    third = eng.restore([str(src)], "Denoise", model_override=net).images[0].path.parent
+    assert not first.exists() and second.is_dir() and third.is_dir()
+
+
 def test_engine_one_bad_upload_among_several(engine, tmp_path, offline):
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     write_image(good, _noisy(_clean_grey(48)))
@@ -279,13 +297,14 @@ def test_clean_uploads_only_inside_root(tmp_path):
     assert not a.exists() and not (root / "abc").exists() and b.exists() and root.is_dir()
 
 
-def test_cli_serve_bad_options():
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def test_cli_serve_bad_options(capsys):
+    from conversenet.cli import main
+
     for args, msg in ((["--max-pixels", "0"], "--max-pixels must be >= 1"), (["--port", "70000"], "--port must be"),
-                      (["--max-memory", "lots"], "max_memory must look like"), (["--tile", "20"], "--tile must be 0")):
-        r = subprocess.run([sys.executable, "-m", "conversenet", "serve", *args], capture_output=True, text=True,
-                           env=env)
-        assert r.returncode == 2 and msg in r.stderr, r.stderr
+                      (["--max-memory", "lots"], "max_memory must look like"), (["--tile", "20"], "--tile must be 0"),
+                      (["--device", "tpu"], "device must be")):
+        assert main(["serve", *args]) == 2  # refused before gradio is imported or a server starts
+        assert msg in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------

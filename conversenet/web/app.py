@@ -257,7 +257,7 @@ def serve(root, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
         raise KeyboardInterrupt
 
     engine = Engine(root, device=device, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-                    max_memory=max_memory, tile=tile)
+                    max_memory=max_memory, tile=tile, result_max_age=RESULT_MAX_AGE_S)
     demo = build_app(engine, root)
     demo.queue(default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, on_term)

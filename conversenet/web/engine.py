@@ -118,10 +118,12 @@ class Engine:
         device: "auto", "cpu" or "cuda[:N]".
         max_pixels: largest image (input pixels, width x height) a request may send.
         max_memory, tile: tiling of :func:`conversenet.restore.run_model`.
+        result_max_age: result folders older than this (seconds) are deleted when the
+            next request comes.
     """
 
     def __init__(self, workdir, device="auto", max_pixels: int = DEFAULT_MAX_PIXELS, max_memory=None,
-                 tile: Optional[int] = None):
+                 tile: Optional[int] = None, result_max_age: float = 3600.0):
         from .. import restore as R
 
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
@@ -137,9 +139,24 @@ class Engine:
             raise ValueError(f"tile must be 0 (never tile) or larger than the {R.DEFAULT_OVERLAP}-pixel overlap, "
                              f"got {tile!r}")
         self.tile = tile
+        self.result_max_age = float(result_max_age)
         self._models: Dict[Tuple, object] = {}
         self._layer_cache: Dict[str, Tuple[List[str], bool]] = {}
         self._lock = threading.Lock()  # one model run at a time on this device
+
+    def _new_result_dir(self, prefix: str) -> Path:
+        """A fresh folder for one request's outputs; old ones are deleted first."""
+        import shutil
+
+        now = time.time()
+        for d in self.workdir.iterdir():
+            if d.name.startswith(("result-", "layer-")) and d.is_dir() and not d.is_symlink():
+                try:
+                    if now - d.stat().st_mtime > self.result_max_age:
+                        shutil.rmtree(d, ignore_errors=True)
+                except OSError:
+                    pass
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.workdir))
 
     # ----------------------------------------------------------------------------------
     # uploads
@@ -299,7 +316,7 @@ class Engine:
         if tname == "denoise" and lm.sigma is not None and float(sigma) != lm.sigma:
             warnings.append(f"{lm.name} was trained for noise level {lm.sigma:g}; results at {float(sigma):g} may be poor")
         min_side = model_min_side(net)
-        out_dir = Path(tempfile.mkdtemp(prefix="result-", dir=self.workdir))
+        out_dir = self._new_result_dir("result-")
         scale = int(getattr(net, "scale", 1))
         done: List[RestoredImage] = []
         used = set()
@@ -444,7 +461,7 @@ class Engine:
         kernel = None if kernel is None else kernel.to(self.device)
         with self._lock:
             maps = V.converse_maps(net, x, layer, None, int(num_channels), kernel)
-        out_dir = Path(tempfile.mkdtemp(prefix="layer-", dir=self.workdir))
+        out_dir = self._new_result_dir("layer-")
         dest = out_dir / "figure2.png"
         V.figure2(maps, dest, title=f"Converse2D layer {maps['layer']} of {model}")
         err = float(np.abs(maps["E"]).max())
