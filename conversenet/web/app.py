@@ -59,6 +59,11 @@ def _missing(paths) -> Optional[str]:
     return None
 
 
+def _md(text: str) -> str:
+    """A file name as literal Markdown table text."""
+    return "".join("\\" + c if c in "\\`*_[]|<>#" else c for c in text)
+
+
 def _fmt(v: Optional[float], digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -73,7 +78,8 @@ def _table(rep) -> str:
             ss = f"{_fmt(m.get('ssim_in'), 4)} → **{_fmt(m.get('ssim'), 4)}**"
         else:
             ps = ss = r.note or "no reference"
-        rows.append(f"| {r.name} | {r.path.name} ({w}×{h}, {r.bit_depth}-bit) | {ps} | {ss} |")
+        name, out = (_md(n) for n in (r.name, r.path.name))
+        rows.append(f"| {name} | {out} ({w}×{h}, {r.bit_depth}-bit) | {ps} | {ss} |")
     return "\n".join(rows)
 
 
