@@ -205,7 +205,9 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
                     return (b, a)
             return gr.update()
 
-        pick.change(on_pick, [pick, shown], slider, queue=False)
+        # .input, not .change: the dropdown is also set by do_restore, and re-sending the same
+        # pictures would make gradio rewrite its cached copies while the browser reads them
+        pick.input(on_pick, [pick, shown], slider, queue=False)
 
         def on_model(m):
             layers = engine.layers_of(m)
