@@ -387,6 +387,10 @@ def _upload(page, elem_id: str, path: Path) -> None:
     page.locator(f"#{elem_id}").get_by_text(path.stem, exact=False).first.wait_for()
 
 
+def _wait_cleared(page) -> None:
+    page.locator("#restore-input").get_by_text("Drop File Here").wait_for()
+
+
 def _run_and_download(page, dest: Path) -> Path:
     page.locator("#restore-run").click()
     link = page.locator("#restore-download a[download]").first
@@ -420,7 +424,7 @@ def test_browser_denoise_with_builtin_weights(page, server, tmp_path):
     # the slider shows input and result side by side
     assert page.locator("#restore-slider img").count() == 2
     # uploads are gone from the server and from the page once answered
-    page.locator("#restore-input").get_by_text("Drop File Here").wait_for()
+    _wait_cleared(page)
     left = [f.name for f in server["root"].rglob("*") if f.is_file()]
     assert "noisy_scene.png" not in left and "noisy_scene_ref.png" not in left, left
     assert "result.png" not in left and any(n == "noisy_scene_denoised.png" for n in left), left
@@ -434,12 +438,14 @@ def test_browser_bad_upload_then_good_one(page, server, tmp_path):
     page.locator("#restore-weights").get_by_label("Built-in").check()
     page.locator("#restore-run").click()
     page.get_by_text("cannot read image 'broken.png'").first.wait_for()
+    _wait_cleared(page)  # the page empties the upload field after every answer (the upload is gone)
     # the server keeps serving: an image over --max-pixels, then a good one
     big = tmp_path / "huge.png"
     write_image(big, np.zeros((600, 500), np.uint8))
     _upload(page, "restore-input", big)
     page.locator("#restore-run").click()
     page.get_by_text("huge.png: 500x600 = 300,000 pixels is over this server's limit").first.wait_for()
+    _wait_cleared(page)
     clean = _clean_grey(64)
     noisy = _noisy(clean, seed=1)
     good = tmp_path / "fine.png"
