@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["converse_layers", "converse_maps", "figure2"]
+__all__ = ["converse_layers", "converse_maps", "prepare_input", "figure2"]
 
 
 def converse_layers(model: nn.Module) -> List[str]:
@@ -52,6 +52,50 @@ def _pick_layer(model: nn.Module, layer: Union[int, str, None]) -> str:
         raise ValueError(f"layer {layer!r} is not a Converse2d layer; choose one of: {', '.join(names[:8])}"
                          + (f", ... ({len(names)} in all)" if len(names) > 8 else ""))
     return layer
+
+
+def prepare_input(model: nn.Module, img: np.ndarray, size: int = 96, sigma: float = 0.0, seed: int = 0,
+                  kernel_sigma: float = 1.6):
+    """A float image (H, W, C) in [0, 1] -> the model input and kernel Figure 2 is drawn for.
+
+    The image is centre-cropped to at most ``size`` x ``size``, turned grey (BT.601) or
+    repeated to RGB to match ``model.in_channels``, and, with ``sigma`` > 0 (0..255 units),
+    given white Gaussian noise (numpy seed ``seed``) so that a denoiser sees what it was
+    trained on. Models taking a blur kernel get a Gaussian of ``kernel_sigma`` pixels.
+
+    Returns:
+        ``(x, kernel)``: float32 tensors (1, C, s, s) and (1, 1, k, k) or None.
+
+    >>> from conversenet.models import create
+    >>> net = create("converse_dncnn", width=4, num_blocks=1)
+    >>> x, k = prepare_input(net, np.ones((40, 50, 3), np.float32), size=32, sigma=25)
+    >>> tuple(x.shape), k is None
+    ((1, 1, 32, 32), True)
+    """
+    from .data import add_awgn_np, rgb_to_gray
+
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] not in (1, 3) or img.dtype.kind != "f":
+        raise ValueError(f"img must be a float (H, W, 1 or 3) array, got {getattr(img, 'dtype', type(img).__name__)} "
+                         f"{getattr(img, 'shape', '')}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
+        raise ValueError(f"size must be an integer >= 16, got {size!r}")
+    h, w = img.shape[:2]
+    s = min(int(size), h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.float32)
+    if model.in_channels == 1 and img.shape[2] == 3:
+        img = rgb_to_gray(img)
+    elif model.in_channels == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if sigma > 0:
+        img = add_awgn_np(img, sigma, seed=seed)
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
+    kernel = None
+    if getattr(model, "needs_kernel", False):
+        from .restore import make_kernel
+
+        k = make_kernel(f"gaussian:{kernel_sigma}", getattr(model, "blur_kernel_size", 7))
+        kernel = torch.from_numpy(k).float()[None, None]
+    return x, kernel
 
 
 def converse_maps(model: nn.Module, x: torch.Tensor, layer: Union[int, str, None] = None,

@@ -40,6 +40,7 @@ COMMANDS = {
     "demo": "restore",
     "degrade": "restore",
     "visualize": "visualize",
+    "serve": "serve",
 }
 
 

@@ -38,11 +38,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from .. import restore as R
     from .. import visualize as V
-    from ..data import ImageReadError, add_awgn_np, read_image, rgb_to_gray, to_float
+    from ..data import ImageReadError, read_image, to_float
 
     out = Path(args.output)
     if out.suffix.lower() != ".png":
@@ -88,19 +87,7 @@ def run(args) -> int:
         except ImageReadError as e:
             raise CLIError(str(e)) from e
         img = to_float(arr)
-    h, w = img.shape[:2]
-    s = min(args.size, h, w)
-    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    if net.in_channels == 1 and img.shape[2] == 3:
-        img = rgb_to_gray(img.astype(np.float32))
-    elif net.in_channels == 3 and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    if args.task == "denoise" and args.sigma > 0:
-        img = add_awgn_np(img.astype(np.float32), args.sigma, seed=0)
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
-    kernel = None
-    if getattr(net, "needs_kernel", False):
-        kernel = torch.from_numpy(R.make_kernel("gaussian:1.6", getattr(net, "blur_kernel_size", 7))).float()[None, None]
+    x, kernel = V.prepare_input(net, img, size=args.size, sigma=args.sigma if args.task == "denoise" else 0.0)
     channels = None
     if args.channels:
         try:
