@@ -110,8 +110,11 @@ def official_file_of(path: PathLike) -> Optional[str]:
 
 
 def _fetch(url: str, dst: Path, progress: bool = False) -> None:
-    """Downloads ``url`` to ``dst`` (raises on any network error)."""
-    with urllib.request.urlopen(url, timeout=60) as r, open(dst, "wb") as f:
+    """Downloads ``url`` into ``dst``, a file already created by mkstemp (raises on any
+    network error). Opened without following links: a symlink swapped in under that name
+    is refused, never written through."""
+    flags = os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(os.open(dst, flags), "wb") as f:
         while True:
             chunk = r.read(1 << 20)
             if not chunk:
