@@ -1,12 +1,12 @@
 """The one way the package reads a ``torch.save`` file: ``torch.load(weights_only=True)``.
 
-A ``.pth`` file is a pickle. Unpickling with ``weights_only=False`` imports and calls
+A ``.pth`` file is a pickle. Unpickling with weights-only mode switched off imports and calls
 whatever the file names (``os.system`` included), so a file from anywhere could run code.
 With ``weights_only=True`` torch's restricted unpickler builds only tensors, plain
 containers (dict, list, tuple, ``collections.OrderedDict``/``Counter``), numbers, strings,
 ``None`` and the few torch types it allowlists; a file naming anything else is refused
 before anything is imported. Every file the package loads goes through :func:`load_torch_file`,
-which also turns torch's multi-line explanations (which suggest ``weights_only=False``)
+which also turns torch's multi-line explanations (which suggest weights-only mode switched off)
 into one line that names the file and the problem.
 
 Example:
@@ -85,7 +85,7 @@ def load_torch_file(path: Union[str, os.PathLike], what: str = "file", extra_saf
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnsafeFileError: anything else (named file, one line); never suggests
-            ``weights_only=False``.
+            weights-only mode switched off.
     """
     p = os.fspath(path)
     if not os.path.exists(p):

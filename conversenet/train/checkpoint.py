@@ -32,7 +32,7 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-from .._atomic import atomic_open, write_text_atomic
+from .._atomic import atomic_open, fsync_dir, write_text_atomic
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "export_weights", "plain_state_dict", "rng_state", "set_rng_state", "write_text_atomic"]
 
@@ -50,20 +50,8 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
-    _fsync_dir(Path(path).parent)
+    fsync_dir(Path(path).parent)
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _numpy_array_globals():
@@ -145,7 +133,7 @@ def export_weights(checkpoint: Union[str, Path], out: Union[str, Path], ema: Uni
         data = st_save(state)  # bytes: header + raw tensors, no pickle
         with atomic_open(out, "wb") as f:
             f.write(data)
-        _fsync_dir(Path(out).parent)
+        fsync_dir(Path(out).parent)
     else:
         save_atomic(state, out)
     return state
