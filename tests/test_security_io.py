@@ -52,7 +52,8 @@ def _write_export(p):
     from conversenet.train.checkpoint import export_weights, save_atomic
 
     src = p.parent / "src_ckpt" / "last.pth"
-    save_atomic({"format": "conversenet-train", "model": {"w": torch.ones(2)}, "ema": None}, src)
+    save_atomic({"format": "conversenet-train", "version": 2, "iteration": 0, "model": {"w": torch.ones(2)},
+                 "ema": None, "optimizer": {}, "scheduler": {}, "rng": {}, "config": {}}, src)
     export_weights(src, p)
 
 

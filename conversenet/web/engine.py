@@ -95,8 +95,13 @@ class RestoreReport:
 
 
 def _scrub(msg: str, path, name: str) -> str:
-    """Error text with the server-side upload path replaced by the file's name."""
-    return str(msg).replace(str(path), name) if path else str(msg)
+    """Error text with the server-side upload path replaced by the file's name, and the
+    upload's folder (named too, e.g. for a sidecar beside it) dropped."""
+    if not path:
+        return str(msg)
+    folder = os.path.dirname(str(path))
+    msg = str(msg).replace(str(path), name)
+    return msg.replace(folder + os.sep, "") if folder else msg
 
 
 def _display(img: np.ndarray) -> np.ndarray:
