@@ -5,6 +5,13 @@ import torch
 
 from conversenet import paths
 
+# Several tests compare runs made in separate processes bit for bit (training resumed after a
+# kill vs one uninterrupted run, torchrun ranks vs one process). The FFT policy measures which
+# implementation is fastest in each process, and two processes may choose differently (same
+# DFT, different float rounding). Pin one implementation for the suite; subprocesses inherit
+# it. tests/test_fft_policy.py and the bench --explain test clear it to test the measuring.
+os.environ.setdefault("CONVERSENET_FFT", "torch")
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

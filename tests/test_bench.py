@@ -92,6 +92,7 @@ def test_header_explain_and_aliases(tmp_path, capsys, monkeypatch):
     from conversenet.functional import _fft_policy
 
     monkeypatch.setattr(_fft_policy, "BUDGET_S", 0.0)
+    monkeypatch.delenv(_fft_policy.ENV, raising=False)  # conftest pins it; here we measure
     n = torch.get_num_threads()
     try:
         rc = bench.run_from_args(_args(rows="fork_k3_s1", threads=1, repeat=1, warmup=1, budget=1.0,
