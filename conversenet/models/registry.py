@@ -26,6 +26,7 @@ import torch.nn as nn
 from . import weights as _w
 from .deblur import ConverseNet, ConverseUSRNet, ConvNet, ConvUSRNet
 from .denoise import ConvDnCNN, ConverseDnCNN, ConvTDnCNN, DnCNN
+from .unet import ConverseUNet
 from .sr import ConverseSRResNet, ConvSRResNet, ConvTSRResNet, SRResNet
 
 __all__ = ["create", "list_models", "model_info", "register_model", "ModelEntry"]
@@ -48,6 +49,16 @@ _REGISTRY: Dict[str, ModelEntry] = {
     "converse_dncnn_official": ModelEntry(
         ConverseDnCNN, {"kernel_size": 7, "padding": 6}, "converse_dncnn.pth",
         "released Converse-DnCNN (7x7, circular padding 6), grayscale sigma=25",
+    ),
+    # blind Gaussian denoisers (sigma 0-55) trained by this project (issue #15)
+    "converse_unet": ModelEntry(ConverseUNet, doc="Converse-UNet, multi-scale converse blocks"),
+    "converse_unet_blind_gray": ModelEntry(
+        ConverseUNet, {"in_channels": 1, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
+        doc="blind grey denoiser (sigma 0-55), Converse-UNet",
+    ),
+    "converse_unet_blind_color": ModelEntry(
+        ConverseUNet, {"in_channels": 3, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
+        doc="blind colour denoiser (sigma 0-55), Converse-UNet",
     ),
     # super-resolution x4, Tables 5-6
     "srresnet": ModelEntry(SRResNet, doc="modified SRResNet, pixel shuffle"),

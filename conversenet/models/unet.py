@@ -1,0 +1,104 @@
+"""Converse-UNet: a multi-scale network of converse blocks for blind denoising.
+
+The paper's networks keep one resolution (Converse-DnCNN: 20 blocks at full size). A
+blind denoiser for noise up to sigma = 55 needs a large receptive field, which a U-Net
+reaches at a fraction of the cost: most blocks run at 1/2, 1/4, 1/8 of the image size.
+Every spatial operation of the body is a Converse2d: the blocks' depthwise solves and the
+decoder's 2x upsampling (:class:`~conversenet.nn.ConverseUpsample`, the paper's
+replacement for transposed convolution). Downsampling is a strided 2x2 convolution.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn import ConverseBlock, ConverseUpsample
+from ._common import check_image, check_pos_int
+
+__all__ = ["ConverseUNet"]
+
+
+class ConverseUNet(nn.Module):
+    """U-Net of converse blocks that predicts the clean image (global residual).
+
+    ``head`` (3x3 conv, in -> widths[0]); per level ``l < L``: ``blocks[l]`` converse blocks
+    at widths[l], then a 2x2 stride-2 conv to widths[l + 1]; ``blocks[L]`` blocks at the
+    coarsest level; per level on the way up: ConverseUpsample(widths[l + 1] -> widths[l],
+    x2), the skip added, ``blocks[l]`` blocks; ``tail`` (3x3 conv, widths[0] -> in). The
+    output is ``x + tail(...)``.
+
+    Any input size works: the input is padded (reflect, or replicate when too small) to a
+    multiple of 2^L and the output cropped back.
+
+    Args:
+        in_channels: 1 (grey) or 3 (colour); the output has the same channels.
+        widths: feature channels per level, finest first (L + 1 entries, L >= 0).
+        blocks: converse blocks per level (same length as ``widths``).
+        kernel_size, padding, padding_mode: of every block's Converse2d.
+
+    Shape: (N, in_channels, H, W) -> (N, in_channels, H, W).
+
+    Example:
+        >>> import torch
+        >>> from conversenet.models import ConverseUNet
+        >>> net = ConverseUNet(1, widths=(8, 16), blocks=(1, 1))
+        >>> net(torch.rand(1, 1, 13, 10)).shape
+        torch.Size([1, 1, 13, 10])
+    """
+
+    task = "denoise"
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        kernel_size: int = 5,
+        padding: int = 4,
+        padding_mode: str = "circular",
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_pos_int("in_channels", in_channels)
+        widths = [check_pos_int("widths[]", w) for w in widths]
+        blocks = [check_pos_int("blocks[]", b, 0) for b in blocks]
+        if not widths or len(widths) != len(blocks):
+            raise ValueError(f"widths and blocks must be non-empty and of equal length, got "
+                             f"{len(widths)} and {len(blocks)}")
+        self.scale = 1
+        self.needs_kernel = False
+        self.levels = len(widths) - 1
+
+        def stage(w: int, n: int) -> nn.Sequential:
+            return nn.Sequential(*[ConverseBlock(w, kernel_size, padding, padding_mode) for _ in range(n)])
+
+        self.head = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(stage(w, n) for w, n in zip(widths[:-1], blocks[:-1]))
+        self.downs = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.middle = stage(widths[-1], blocks[-1])
+        self.ups = nn.ModuleList(ConverseUpsample(b, a, 2) for a, b in zip(widths[:-1], widths[1:]))
+        self.up_blocks = nn.ModuleList(stage(w, n) for w, n in zip(widths[:-1], blocks[:-1]))
+        self.tail = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image(x, self.in_channels)
+        h, w = x.shape[-2:]
+        m = 1 << self.levels
+        ph, pw = -h % m, -w % m
+        xp = x
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            xp = F.pad(x, (0, pw, 0, ph), mode=mode)
+        f = self.head(xp)
+        skips = []
+        for blocks, down in zip(self.down_blocks, self.downs):
+            f = blocks(f)
+            skips.append(f)
+            f = down(f)
+        f = self.middle(f)
+        for up, blocks, skip in zip(reversed(self.ups), reversed(self.up_blocks), reversed(skips)):
+            f = blocks(up(f) + skip)
+        return (xp + self.tail(f))[..., :h, :w]
