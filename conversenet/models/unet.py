@@ -29,7 +29,8 @@ class ConverseUNet(nn.Module):
     at widths[l], then a 2x2 stride-2 conv to widths[l + 1]; ``blocks[L]`` blocks at the
     coarsest level; per level on the way up: ConverseUpsample(widths[l + 1] -> widths[l],
     x2), the skip added, ``blocks[l]`` blocks; ``tail`` (3x3 conv, widths[0] -> in). The
-    output is ``x + tail(...)``.
+    output is ``x + tail(...)``. The blocks have learnable residual scales (initialised to
+    0) and the tail starts small, so an untrained network is close to the identity.
 
     Any input size works: the input is padded (reflect, or replicate when too small) to a
     multiple of 2^L and the output cropped back.
@@ -73,7 +74,10 @@ class ConverseUNet(nn.Module):
         self.levels = len(widths) - 1
 
         def stage(w: int, n: int) -> nn.Sequential:
-            return nn.Sequential(*[ConverseBlock(w, kernel_size, padding, padding_mode) for _ in range(n)])
+            # residual scales start at 0: every block starts as the identity, so activations
+            # do not grow with depth at initialisation
+            return nn.Sequential(*[ConverseBlock(w, kernel_size, padding, padding_mode, residual_scale=True)
+                                   for _ in range(n)])
 
         self.head = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(stage(w, n) for w, n in zip(widths[:-1], blocks[:-1]))
@@ -82,6 +86,9 @@ class ConverseUNet(nn.Module):
         self.ups = nn.ModuleList(ConverseUpsample(b, a, 2) for a, b in zip(widths[:-1], widths[1:]))
         self.up_blocks = nn.ModuleList(stage(w, n) for w, n in zip(widths[:-1], blocks[:-1]))
         self.tail = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+        with torch.no_grad():  # start near the identity map (output = input)
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.in_channels)
