@@ -33,7 +33,8 @@ class ConverseUNet(nn.Module):
     0) and the tail starts small, so an untrained network is close to the identity.
 
     Any input size works: the input is padded (reflect, or replicate when too small) to a
-    multiple of 2^L and the output cropped back.
+    multiple of 2^L, at least 2^L * ``padding`` (so that every level can be padded
+    circularly), and the output cropped back.
 
     Args:
         in_channels: 1 (grey) or 3 (colour); the output has the same channels.
@@ -72,6 +73,7 @@ class ConverseUNet(nn.Module):
         self.scale = 1
         self.needs_kernel = False
         self.levels = len(widths) - 1
+        self.padding = int(padding)
 
         def stage(w: int, n: int) -> nn.Sequential:
             # residual scales start at 0: every block starts as the identity, so activations
@@ -94,7 +96,10 @@ class ConverseUNet(nn.Module):
         check_image(x, self.in_channels)
         h, w = x.shape[-2:]
         m = 1 << self.levels
-        ph, pw = -h % m, -w % m
+        # a multiple of 2^L, and at least 2^L * padding so that the coarsest level can be
+        # padded circularly
+        lo = m * self.padding
+        ph, pw = max(-h % m, lo - h), max(-w % m, lo - w)
         xp = x
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
