@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "conversenet" / "configs"  # the packaged training configs, read from the files
 
 
 def make_images(folder: Path, n: int = 4, size=(40, 48), rgb: bool = False, seed: int = 0) -> Path:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 
 from conversenet.cli import main
-from conversenet.train import ConfigError, config_from_dict, load_config, parse_overrides
+from conversenet.train import ConfigError, config_from_dict, list_configs, load_config, parse_overrides, resolve_config
 from conversenet.train.config import yaml_load
 
-from _train_helpers import REPO
+from _train_helpers import CONFIG_DIR, make_images
 
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("base"))
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("base"))
 
 
 def test_every_paper_experiment_has_a_config():
-    names = {p.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
+    names = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS}
     expected = (
         [f"table1/{n}.yaml" for n in ("init_uniform", "init_gaussian", "init_gaussian_softmax",
                                        "kernel3", "kernel5", "kernel7")]
@@ -30,7 +30,7 @@ def test_every_paper_experiment_has_a_config():
     assert set(expected) <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_loads_at_paper_scale_and_with_cpu_preset(path):
     full = load_config(path)
     # the paper's (DPIR/KAIR) settings come through the extends chain
@@ -52,13 +52,13 @@ def test_config_names_are_unique():
 
 
 def test_experiment_specific_args_reach_the_model():
-    assert load_config(REPO / "configs/table1/init_uniform.yaml").model.args == {"kernel_init": "uniform"}
-    assert load_config(REPO / "configs/table2/mode_zero.yaml").model.args["padding_mode"] == "constant"
-    assert load_config(REPO / "configs/table2/pad5.yaml").model.args["padding"] == 5
-    assert load_config(REPO / "configs/table3/srresnet_x0_zero.yaml").model.args == {"x0": "zero"}
-    sr = load_config(REPO / "configs/table5/converse_srresnet.yaml")
+    assert load_config(CONFIG_DIR / "table1/init_uniform.yaml").model.args == {"kernel_init": "uniform"}
+    assert load_config(CONFIG_DIR / "table2/mode_zero.yaml").model.args["padding_mode"] == "constant"
+    assert load_config(CONFIG_DIR / "table2/pad5.yaml").model.args["padding"] == 5
+    assert load_config(CONFIG_DIR / "table3/srresnet_x0_zero.yaml").model.args == {"x0": "zero"}
+    sr = load_config(CONFIG_DIR / "table5/converse_srresnet.yaml")
     assert sr.degradation.scale == 4 and sr.data.patch_size == 96 and sr.data.val == "testsets/set5"
-    db = load_config(REPO / "configs/table7/converse_usrnet.yaml")
+    db = load_config(CONFIG_DIR / "table7/converse_usrnet.yaml")
     assert db.degradation.noise == 2.55 and db.degradation.kernel_size == 7
     assert sorted(db.degradation.kernel_types) == ["gaussian", "motion"]
 
@@ -122,6 +122,54 @@ def test_circular_extends_and_missing_files(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+# ------------------------------------------------------------------ packaged configs by name
+
+def test_packaged_names_are_the_files_of_the_config_folder():
+    # reference: the YAML files on disk, listed here independently of list_configs
+    on_disk = {p.relative_to(CONFIG_DIR).as_posix()[:-len(".yaml")] for p in CONFIGS}
+    assert set(list_configs()) == on_disk and len(list_configs()) == len(on_disk)
+    for name in ("table4/converse_dncnn", "table7/converse_usrnet"):
+        assert resolve_config(name) == resolve_config(name + ".yaml") == CONFIG_DIR / f"{name}.yaml"
+
+
+def test_config_by_name_equals_config_by_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nowhere near the checkout: only the package can supply it
+    by_name = load_config("table5/converse_srresnet", ["preset=cpu"])
+    assert by_name == load_config(CONFIG_DIR / "table5/converse_srresnet.yaml", ["preset=cpu"])
+    assert by_name.name == "table5_converse_srresnet" and by_name.degradation.scale == 4  # extends: followed
+
+
+def test_an_existing_path_wins_over_a_packaged_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "table4").mkdir()
+    (tmp_path / "table4" / "converse_dncnn.yaml").write_text("name: mine\nmodel: {name: dncnn}\n")
+    assert load_config("table4/converse_dncnn.yaml").name == "mine"          # the file in the cwd
+    assert load_config("table4/converse_dncnn").name == "table4_converse_dncnn"  # no such file: the name
+
+
+@pytest.mark.parametrize("bad", ["table4/nosuch", "nosuch.yaml", "../pyproject", "/table4/converse_dncnn", ""])
+def test_unknown_config_error_lists_the_packaged_names(bad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        resolve_config(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"config file not found: {bad}")
+    assert "table4/converse_dncnn, " in msg and "table1/kernel3" in msg
+
+
+def test_cli_trains_by_name_and_lists_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--list-configs"]) == 0
+    assert capsys.readouterr().out.split() == list_configs()
+    train, val = make_images(tmp_path / "train", n=1), make_images(tmp_path / "val", n=1)
+    assert main(["train", "table4/converse_dncnn", "preset=cpu", f"data.train={train}", f"data.val={val}",
+                 "--check"]) == 0
+    assert yaml_load(capsys.readouterr().out)["name"] == "table4_converse_dncnn"
+    assert main(["train", "--list-configs", "table4/dncnn"]) == 2
+    assert "--list-configs takes no config" in capsys.readouterr().err
+    assert main(["train"]) == 2 and "the config is required" in capsys.readouterr().err
+
+
 def test_parse_overrides():
     assert parse_overrides(["a.b=3", "a.c=[1, 2]", "d=hello", "e=null"]) == \
         {"a": {"b": 3, "c": [1, 2]}, "d": "hello", "e": None}
@@ -130,7 +178,7 @@ def test_parse_overrides():
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
-    cfg = REPO / "configs/table4/dncnn.yaml"
+    cfg = CONFIG_DIR / "table4/dncnn.yaml"
     rc = main(["train", str(cfg), "train.lr=abc", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2
@@ -143,7 +191,7 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
 
 
 def test_cli_check_prints_resolved_config(capsys):
-    rc = main(["train", str(REPO / "configs/table4/converse_dncnn.yaml"), "preset=cpu", "--check"])
+    rc = main(["train", str(CONFIG_DIR / "table4/converse_dncnn.yaml"), "preset=cpu", "--check"])
     out = capsys.readouterr().out
     assert rc == 0
     resolved = yaml_load(out)

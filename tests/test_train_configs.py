@@ -1,4 +1,4 @@
-"""Every config of configs/ runs for 2 iterations at preset=cpu (on generated images)."""
+"""Every packaged config (conversenet/configs) runs for 2 iterations at preset=cpu (on generated images)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 from conversenet.train import Trainer, load_config
 from conversenet.train.checkpoint import load_checkpoint
 
-from _train_helpers import REPO, make_images
+from _train_helpers import CONFIG_DIR, make_images
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("base"))
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("base"))
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def folders(tmp_path_factory):
             make_images(d / "val", n=2, size=(48, 52), rgb=True, seed=1))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_runs_two_iterations_at_cpu_preset(path, folders, tmp_path):
     from conversenet import models
 

@@ -1,4 +1,8 @@
-"""``conversenet train CONFIG.yaml [key=value ...] [--resume [CKPT]] [--out DIR]``.
+"""``conversenet train CONFIG [key=value ...] [--resume [CKPT]] [--out DIR]``.
+
+CONFIG is a YAML file or the name of a config shipped with the package, e.g.
+``table4/converse_dncnn`` (``.yaml`` optional); a path to an existing file wins over a
+name. ``conversenet train --list-configs`` prints the packaged names.
 
 ``conversenet train RUN/best.pth --export OUT.pth`` trains nothing: it writes the model
 weights of a training checkpoint (the EMA weights when the run kept them) as a plain
@@ -25,10 +29,13 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a model from a YAML config (configs/...), resumable, torchrun-aware",
-        description="Train a model from a YAML config. Overrides are dotted KEY=VALUE pairs parsed as "
-                    "YAML, e.g. preset=cpu train.total_iter=200 data.num_workers=0.")
-    p.add_argument("config", help="YAML config file (see configs/); with --export, a training checkpoint")
+        "train", help="train a model from a YAML config (e.g. table4/converse_dncnn), resumable, torchrun-aware",
+        description="Train a model from a YAML config: a file, or the name of a packaged config such as "
+                    "table4/converse_dncnn (--list-configs prints them). Overrides are dotted KEY=VALUE "
+                    "pairs parsed as YAML, e.g. preset=cpu train.total_iter=200 data.num_workers=0.")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file or packaged config name (e.g. table4/converse_dncnn); "
+                        "with --export, a training checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. preset=cpu")
     p.add_argument("--out", default=None, help="run folder (default: out_dir of the config, else runs/<name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
@@ -41,6 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
                    help="with --export: take the raw model weights even if the run kept an EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    p.add_argument("--list-configs", action="store_true",
+                   help="print the names of the configs shipped with the package and exit")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import the Python module MODULE first (runs its code: only name modules you trust), "
                         "e.g. one that registers models of your own with conversenet.models.register_model; "
@@ -81,18 +90,22 @@ def run(args) -> int:
     import yaml
 
     from . import CLIError
-    from ..train import ConfigError, config_to_dict, load_config, train
+    from ..train import ConfigError, config_to_dict, list_configs, load_config, train
 
     from ..train.checkpoint import CheckpointError
 
-    path = Path(args.config)
+    if args.list_configs:
+        if args.config is not None or args.overrides or args.export is not None:
+            raise CLIError("--list-configs takes no config, overrides or --export")
+        print("\n".join(list_configs()))
+        return 0
+    if args.config is None:
+        raise CLIError("the config is required (a YAML file or a packaged name; --list-configs prints the names)")
     if args.export is not None:
-        return _export(path, Path(args.export), args)
+        return _export(Path(args.config), Path(args.export), args)
     _import_user_modules(args.imports)
-    if not path.is_file():
-        raise CLIError(f"config file not found: {path}")
     try:
-        cfg = load_config(path, args.overrides)
+        cfg = load_config(args.config, args.overrides)
         if args.check:
             from ..train.trainer import build_model
 

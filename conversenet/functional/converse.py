@@ -164,12 +164,6 @@ def _check_padding(padding: int, padding_mode: str, h: int, w: int) -> int:
 # --------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------
-def _pad(x: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
-    if padding == 0:
-        return x
-    return F.pad(x, (padding,) * 4, mode=mode)
-
-
 def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = False) -> torch.Tensor:
     """DFT of a kernel zero-padded to ``size`` with its centre ``(kh//2, kw//2)`` at (0, 0).
 

@@ -8,6 +8,10 @@ top-level ``preset: NAME`` (usually given on the command line as ``preset=cpu``)
 that partial config on top, and command-line overrides are applied after it again, so
 ``preset=cpu train.total_iter=50`` does what it says.
 
+The paper's configs ship inside the package (``conversenet/configs``) and are named by
+their path there without ``.yaml``: ``load_config("table4/converse_dncnn")``; a path to an
+existing file always wins over a name (:func:`resolve_config`, :func:`list_configs`).
+
 Every key is checked against the dataclasses below: an unknown key or a value of the
 wrong type raises :class:`ConfigError` naming the dotted key, e.g.
 ``train.lr: expected float, got str``.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import re
 import typing
 from dataclasses import dataclass, field
@@ -38,7 +43,7 @@ import yaml
 __all__ = [
     "Config", "ModelConfig", "DegradationConfig", "DataConfig", "TrainConfig", "LogConfig",
     "DebugConfig", "ConfigError", "load_config", "config_from_dict", "config_to_dict",
-    "parse_overrides", "yaml_load", "check_model_name",
+    "parse_overrides", "yaml_load", "check_model_name", "list_configs", "resolve_config",
 ]
 
 
@@ -203,6 +208,57 @@ def _read_yaml_chain(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
     for p in parents:
         merged = _deep_merge(merged, _read_yaml_chain(path.parent / p, (*seen, path)))
     return _deep_merge(merged, raw)
+
+
+# --------------------------------------------------------------------------- packaged configs
+
+def _packaged_dir() -> Path:
+    """``conversenet/configs`` of the installed (or checked-out) package.
+
+    A package installed from a wheel or used from a checkout is a folder on disk, so this is
+    a real path and ``extends:`` resolves relative to it like for any other file.
+    """
+    root = importlib.resources.files("conversenet") / "configs"
+    if not isinstance(root, Path):  # e.g. a zip import: extends: needs real files
+        raise ConfigError(f"the packaged configs are not files on disk ({root}); install conversenet "
+                          "into a folder (pip install) or name a config file by its path")
+    return root
+
+
+def list_configs() -> List[str]:
+    """Names of the packaged experiment configs (the shared ``base*.yaml`` files left out).
+
+    >>> "table4/converse_dncnn" in list_configs()
+    True
+    """
+    root = _packaged_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+                  if not p.name.startswith("base"))
+
+
+def resolve_config(config: Union[str, Path]) -> Path:
+    """The YAML file that ``config`` names: a path to an existing file wins; otherwise a
+    packaged config name such as ``table4/converse_dncnn`` (``.yaml`` optional).
+
+    Raises:
+        ConfigError: neither a file nor a packaged name; the message lists the names.
+
+    >>> resolve_config("table4/converse_dncnn.yaml") == resolve_config("table4/converse_dncnn")
+    True
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.as_posix()
+    name = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    parts = name.split("/")
+    # a name stays inside the packaged folder: no absolute paths, no '..' steps
+    if name and not path.is_absolute() and ".." not in parts:
+        candidate = _packaged_dir().joinpath(*parts[:-1], parts[-1] + ".yaml")
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {config} (not a file, nor a packaged config name; "
+                      f"packaged: {', '.join(list_configs())})")
 
 
 # --------------------------------------------------------------------------- overrides
@@ -393,9 +449,15 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Optional[Mapping[str, An
 def load_config(path: Union[str, Path], overrides: Union[Sequence[str], Mapping[str, Any], None] = None) -> Config:
     """Read ``path`` (following ``extends:``), apply preset and overrides, validate.
 
-    ``overrides`` is a list of ``"key=value"`` strings or an already nested mapping.
+    ``path`` is a YAML file or a packaged config name (:func:`resolve_config`), e.g.
+    ``"table4/converse_dncnn"``. ``overrides`` is a list of ``"key=value"`` strings or an
+    already nested mapping.
+
+    >>> load_config("table4/converse_dncnn", ["preset=cpu"]).data.batch_size
+    4
     """
-    raw = _read_yaml_chain(Path(path))
+    path = resolve_config(path)
+    raw = _read_yaml_chain(path)
     if overrides is None:
         ov: Dict[str, Any] = {}
     elif isinstance(overrides, Mapping):

@@ -61,13 +61,9 @@ from .config import Config, ConfigError, check_model_name, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
                    worker_init)
 
-__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "TrainingInterrupted"]
+__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA"]
 
 CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
-
-
-class TrainingInterrupted(Exception):
-    """Raised by nothing; the loop returns 130 on SIGINT/SIGTERM after saving a checkpoint."""
 
 
 def build_model(cfg: Config) -> nn.Module:
