@@ -109,24 +109,24 @@ def check_writable_dir(folder: Union[str, os.PathLike], what: str = "output fold
     existing parent to be a writable folder (nothing is created here).
 
     Raises:
-        WriteError: one line naming the folder and the problem.
+        WriteError: one line naming the folder, ``what`` it is for (e.g. ``--out``) and the problem.
     """
     folder = Path(folder)
     probe = folder
     while not probe.exists():
         if probe.is_symlink():
-            raise WriteError(probe, OSError(errno.ENOENT, "dangling symbolic link"))
+            raise WriteError(probe, OSError(errno.ENOENT, f"dangling symbolic link ({what})"))
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise WriteError(folder, OSError(errno.ENOTDIR, f"{probe} is not a folder"))
+        raise WriteError(folder, OSError(errno.ENOTDIR, f"{probe} is not a folder ({what})"))
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".conversenet-probe.", suffix=".tmp")
     except OSError as e:
-        if probe != folder:  # name the folder asked for and where creation failed
-            e = OSError(e.errno, f"{e.strerror} (creating files in {probe})")
-        raise WriteError(folder, e) from None
+        # name the argument, and where creation failed when that is a parent of the folder asked for
+        where = f"; creating files in {probe}" if probe != folder else ""
+        raise WriteError(folder, OSError(e.errno, f"{e.strerror} ({what}{where})")) from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -140,6 +140,23 @@ def test_security_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch
     assert p.read_text() == "old\n" and os.listdir(tmp_path) == ["t.csv"]
 
 
+def test_writable_dir_check_names_what_the_folder_is_for(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(_atomic.WriteError) as ei:
+        _atomic.check_writable_dir(tmp_path / "f" / "run", "run folder")
+    assert str(ei.value) == f"cannot write {str(tmp_path / 'f' / 'run')!r}: {tmp_path / 'f'} is not a folder (run folder)"
+
+    def denied(**kw):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(_atomic.tempfile, "mkstemp", denied)
+    with pytest.raises(_atomic.WriteError) as ei:
+        _atomic.check_writable_dir(tmp_path / "new" / "out", "--out")
+    assert str(ei.value) == (f"cannot write {str(tmp_path / 'new' / 'out')!r}: Permission denied "
+                             f"(--out; creating files in {tmp_path})")
+    assert not (tmp_path / "new").exists()  # nothing created by the check
+
+
 # --------------------------------------------------------------------------------------
 # item 11: 16-bit and float images through OpenCV, checked independently
 # --------------------------------------------------------------------------------------
