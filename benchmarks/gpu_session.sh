@@ -55,7 +55,7 @@ MODELS="converse_dncnn conv_dncnn convt_dncnn dncnn"
 half=$(( TOTAL / 2 )); q3=$(( TOTAL * 3 / 4 )); q9=$(( TOTAL * 9 / 10 ))
 TRAIN_PIDS=""
 for m in $MODELS; do
-    timeout -s INT -k 90 "$TRAIN_S" $CN train "configs/table4/$m.yaml" \
+    timeout -s INT -k 90 "$TRAIN_S" $CN train "table4/$m" \
         train.total_iter=$TOTAL train.lr=1e-3 "train.milestones=[$half,$q3,$q9]" \
         data.patch_size=$PATCH data.batch_size=$BATCH data.num_workers=2 threads=2 device=$DEVICE \
         train.val_every=$SNAP train.checkpoint_every=$SNAP train.snapshot_every=$SNAP train.log_every=50 \
@@ -64,7 +64,7 @@ for m in $MODELS; do
 done
 if [ "$BUILTIN_ITERS" -gt 0 ]; then
     b=$BUILTIN_ITERS
-    timeout -s INT -k 90 "$TRAIN_S" $CN train configs/table4/dncnn.yaml \
+    timeout -s INT -k 90 "$TRAIN_S" $CN train table4/dncnn \
         train.total_iter=$b train.lr=1e-3 "train.milestones=[$((b/2)),$((b*3/4)),$((b*9/10))]" \
         data.patch_size=$PATCH data.batch_size=$BATCH data.num_workers=2 threads=2 device=$DEVICE \
         train.val_every=$SNAP train.checkpoint_every=$SNAP train.snapshot_every=$SNAP train.log_every=50 \

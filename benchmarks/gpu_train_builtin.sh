@@ -22,7 +22,7 @@ COMMON="data.patch_size=$PATCH data.batch_size=$BATCH data.num_workers=$WORKERS 
 
 stamp "probe: $PROBE iterations"
 t0=$(date +%s)
-$CN train configs/table4/dncnn.yaml name=probe train.total_iter=$PROBE train.lr=1e-3 "train.milestones=[$((PROBE * 10))]" \
+$CN train table4/dncnn name=probe train.total_iter=$PROBE train.lr=1e-3 "train.milestones=[$((PROBE * 10))]" \
     train.val_every=1000000 train.checkpoint_every=1000000 train.log_every=100 $COMMON --out "$RUN/probe" --quiet \
     > "$OUT/probe.log" 2>&1 || { tail -n 20 "$OUT/probe.log"; exit 3; }
 dt=$(( $(date +%s) - t0 )); [ "$dt" -lt 1 ] && dt=1
@@ -31,7 +31,7 @@ ITERS=$(( ITERS / 100 * 100 )); [ "$ITERS" -lt 200 ] && ITERS=200
 stamp "probe took $dt s -> $ITERS iterations"
 
 # stopped with SIGINT after twice the planned time (the trainer saves and exits on SIGINT)
-timeout -s INT -k 60 $(( TRAIN_S * 2 )) $CN train configs/table4/dncnn.yaml name=builtin_dncnn_gpu \
+timeout -s INT -k 60 $(( TRAIN_S * 2 )) $CN train table4/dncnn name=builtin_dncnn_gpu \
     train.total_iter=$ITERS train.lr=1e-3 \
     "train.milestones=[$((ITERS / 2)),$((ITERS * 3 / 4)),$((ITERS * 9 / 10))]" \
     train.val_every=1000000 train.checkpoint_every=$(( ITERS / 4 )) train.log_every=500 $COMMON \

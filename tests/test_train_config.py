@@ -147,6 +147,16 @@ def test_an_existing_path_wins_over_a_packaged_name(tmp_path, monkeypatch):
     assert load_config("table4/converse_dncnn").name == "table4_converse_dncnn"  # no such file: the name
 
 
+def test_own_file_extends_a_packaged_config_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("extends: table4/dncnn\nname: mine\ntrain: {lr: 3e-4}\n")
+    mine, ref = load_config(tmp_path / "mine.yaml"), load_config(CONFIG_DIR / "table4/dncnn.yaml")
+    assert (mine.name, mine.train.lr, mine.model, mine.data) == ("mine", 3e-4, ref.model, ref.data)
+    (tmp_path / "table4").mkdir()  # a file beside it wins over the packaged name
+    (tmp_path / "table4" / "dncnn").write_text("model: {name: converse_dncnn}\n")
+    assert load_config(tmp_path / "mine.yaml").model.name == "converse_dncnn"
+
+
 @pytest.mark.parametrize("bad", ["table4/nosuch", "nosuch.yaml", "../pyproject", "/table4/converse_dncnn", ""])
 def test_unknown_config_error_lists_the_packaged_names(bad, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

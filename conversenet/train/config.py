@@ -2,7 +2,7 @@
 and a typed schema that is checked before any work is done.
 
 A config file is a nested mapping. ``extends: other.yaml`` (or a list of files, resolved
-relative to the file) is merged first, then the file itself on top (mappings merge key by
+relative to the file, else as packaged config names) is merged first, then the file itself on top (mappings merge key by
 key, everything else replaces). ``presets: {NAME: {...}}`` holds partial configs; the
 top-level ``preset: NAME`` (usually given on the command line as ``preset=cpu``) merges
 that partial config on top, and command-line overrides are applied after it again, so
@@ -206,7 +206,10 @@ def _read_yaml_chain(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
         raise ConfigError(f"extends: expected a file name or a list of them ({path})")
     merged: Dict[str, Any] = {}
     for p in parents:
-        merged = _deep_merge(merged, _read_yaml_chain(path.parent / p, (*seen, path)))
+        parent = path.parent / p
+        if not parent.is_file():  # not beside the file: a packaged name (your own file extends table4/dncnn)
+            parent = _packaged_file(Path(p)) or parent
+        merged = _deep_merge(merged, _read_yaml_chain(parent, (*seen, path)))
     return _deep_merge(merged, raw)
 
 
@@ -236,6 +239,18 @@ def list_configs() -> List[str]:
                   if not p.name.startswith("base"))
 
 
+def _packaged_file(path: Path) -> Optional[Path]:
+    """The packaged YAML file named ``path`` (``.yaml`` optional), or None."""
+    name = path.as_posix()
+    name = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    parts = name.split("/")
+    # a name stays inside the packaged folder: no absolute paths, no '..' steps
+    if not name or name == "." or path.is_absolute() or ".." in parts:
+        return None
+    candidate = _packaged_dir().joinpath(*parts[:-1], parts[-1] + ".yaml")
+    return candidate if candidate.is_file() else None
+
+
 def resolve_config(config: Union[str, Path]) -> Path:
     """The YAML file that ``config`` names: a path to an existing file wins; otherwise a
     packaged config name such as ``table4/converse_dncnn`` (``.yaml`` optional).
@@ -249,14 +264,9 @@ def resolve_config(config: Union[str, Path]) -> Path:
     path = Path(config)
     if path.is_file():
         return path
-    name = path.as_posix()
-    name = name[:-len(".yaml")] if name.endswith(".yaml") else name
-    parts = name.split("/")
-    # a name stays inside the packaged folder: no absolute paths, no '..' steps
-    if name and not path.is_absolute() and ".." not in parts:
-        candidate = _packaged_dir().joinpath(*parts[:-1], parts[-1] + ".yaml")
-        if candidate.is_file():
-            return candidate
+    packaged = _packaged_file(path)
+    if packaged is not None:
+        return packaged
     raise ConfigError(f"config file not found: {config} (not a file, nor a packaged config name; "
                       f"packaged: {', '.join(list_configs())})")
 
