@@ -28,15 +28,18 @@ def test_every_paper_experiment_has_a_config():
         + [f"table7/{m}.yaml" for m in ("convnet", "conversenet", "conv_usrnet", "converse_usrnet")]
     )
     assert set(expected) <= names
+    assert {"denoise/blind_gray.yaml", "denoise/blind_color.yaml"} <= names  # issue #15, packaged too
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_loads_at_paper_scale_and_with_cpu_preset(path):
     full = load_config(path)
-    # the paper's (DPIR/KAIR) settings come through the extends chain
-    assert full.train.lr == 1e-4 and full.train.loss == "l1" and full.train.gamma == 0.5
-    assert full.data.batch_size == 16
-    assert full.data.patch_size in (96, 128)
+    assert full.train.loss == "l1" and full.train.gamma == 0.5
+    if path.parent.name.startswith("table"):  # the paper's rows (the blind denoisers of denoise/ are sized for CPUs)
+        # the paper's (DPIR/KAIR) settings come through the extends chain
+        assert full.train.lr == 1e-4
+        assert full.data.batch_size == 16
+        assert full.data.patch_size in (96, 128)
     assert full.name.startswith(path.parent.name + "_")
     small = load_config(path, ["preset=cpu"])
     assert small.data.batch_size < full.data.batch_size
