@@ -170,6 +170,16 @@ def test_unknown_config_error_lists_the_packaged_names(bad, tmp_path, monkeypatc
     assert "table4/converse_dncnn, " in msg and "table1/kernel3" in msg
 
 
+def test_missing_packaged_folder_is_said(tmp_path, monkeypatch):
+    import conversenet.train.config as C
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(C, "_packaged_dir", lambda: tmp_path / "configs")  # a wheel built without them
+    assert list_configs() == []
+    with pytest.raises(ConfigError, match=r"packaged: none, .*configs holds no configs"):
+        load_config("table4/converse_dncnn")
+
+
 def test_cli_trains_by_name_and_lists_configs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--list-configs"]) == 0

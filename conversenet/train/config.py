@@ -267,8 +267,9 @@ def resolve_config(config: Union[str, Path]) -> Path:
     packaged = _packaged_file(path)
     if packaged is not None:
         return packaged
+    names = ", ".join(list_configs()) or f"none, {_packaged_dir()} holds no configs"
     raise ConfigError(f"config file not found: {config} (not a file, nor a packaged config name; "
-                      f"packaged: {', '.join(list_configs())})")
+                      f"packaged: {names})")
 
 
 # --------------------------------------------------------------------------- overrides
