@@ -72,6 +72,7 @@ from .data import (
     usrnet_degrade_np,
 )
 from .metrics import psnr, ssim
+from .models.base import as_restoration_model
 
 __all__ = [
     "EvalError",
@@ -85,7 +86,7 @@ __all__ = [
     "list_images",
     "load_images",
     "degrade",
-    "restore",
+    "restore_lq",
     "measure",
     "model_min_side",
     "check_image_size",
@@ -299,8 +300,8 @@ def protocol_for(model, sigma: Optional[float] = None, scale: Optional[int] = No
     Raises:
         EvalError: options that do not fit the task.
     """
-    task = getattr(model, "task", None)
-    mscale = int(getattr(model, "scale", 1))
+    model = as_restoration_model(model)
+    task, mscale = model.task, int(model.scale)
     if sigma is not None and (not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0):
         raise EvalError(f"sigma must be a finite number >= 0, got {sigma!r}")
     if task == "denoise":
@@ -325,8 +326,8 @@ def protocol_for(model, sigma: Optional[float] = None, scale: Optional[int] = No
         k = np.asarray(kernel, dtype=np.float64)
         if k.ndim != 2:
             raise EvalError(f"kernel must be 2-D, got shape {k.shape}")
-        ks = getattr(model, "blur_kernel_size", None)
-        if getattr(model, "needs_kernel", False) and ks is not None and k.shape != (ks, ks):
+        ks = model.blur_kernel_size
+        if model.takes_kernel and ks is not None and k.shape != (ks, ks):
             raise EvalError(f"kernel {kernel_name or ''} has shape {k.shape[0]}x{k.shape[1]}, "
                             f"but the model takes {ks}x{ks} kernels".replace("kernel  ", "kernel "))
         return Protocol("deblur", sigma=DEBLUR_SIGMA if sigma is None else float(sigma), crop_border=1,
@@ -336,18 +337,9 @@ def protocol_for(model, sigma: Optional[float] = None, scale: Optional[int] = No
 
 
 def model_min_side(model) -> int:
-    """Smallest input height/width the model accepts (circular padding must not exceed the
-    image; an unpadded Converse2d and the blur-kernel data step need side >= kernel)."""
-    need = int(getattr(model, "blur_kernel_size", 1) or 1)
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        pad, mode = getattr(m, "padding", None), getattr(m, "padding_mode", None)
-        if type(m).__name__ == "Converse2d" and isinstance(pad, int) and isinstance(w, torch.Tensor):
-            k = int(w.shape[-1])
-            if mode == "circular":
-                need = max(need, pad)
-            need = max(need, k - 2 * pad)
-    return max(need, 1)
+    """Smallest input height/width the model accepts
+    (:attr:`~conversenet.models.RestorationModel.min_input_size`)."""
+    return as_restoration_model(model).min_input_size
 
 
 def check_image_size(name: str, shape: Tuple[int, ...], protocol: Protocol, min_side: int) -> None:
@@ -397,15 +389,15 @@ def degrade(gt: np.ndarray, protocol: Protocol) -> Tuple[np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
-def restore(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu") -> np.ndarray:
-    """Runs ``model`` on the float (H, W, C) input; returns the clamped, rounded uint8 output."""
+def restore_lq(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """Runs ``model`` on the protocol's float (H, W, C) input; returns the clamped, rounded
+    uint8 output. Non-blind models receive the protocol's kernel."""
+    model = as_restoration_model(model)
     x = to_tensor(lq, batch=True, device=device)
-    if getattr(model, "needs_kernel", False):
-        k = torch.from_numpy(np.ascontiguousarray(protocol.kernel)).float()[None, None].to(device)
-        y = model(x, k)
-    else:
-        y = model(x)
-    return to_image(y)
+    k = None
+    if model.takes_kernel:
+        k = torch.from_numpy(np.ascontiguousarray(protocol.kernel)).float()
+    return to_image(model.restore(x, k))
 
 
 def measure(out: np.ndarray, gt: np.ndarray, protocol: Protocol) -> Dict[str, float]:
@@ -464,7 +456,8 @@ def evaluate_arrays(
     """
     from tqdm import tqdm
 
-    min_side = model_min_side(model)
+    model = as_restoration_model(model)
+    min_side = model.min_input_size
     for name, gt in images:
         check_image_size(name, gt.shape, protocol, min_side)
     model.eval()
@@ -476,7 +469,7 @@ def evaluate_arrays(
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
             g, lq = degrade(gt, protocol)
-            out = restore(model, lq, protocol, device)
+            out = restore_lq(model, lq, protocol, device)
             dt = time.perf_counter() - t0
             row = {"image": name, **measure(out, g, protocol), "height": int(g.shape[0]),
                    "width": int(g.shape[1]), "time_s": round(dt, 3)}
@@ -513,7 +506,7 @@ def evaluate(
         if limit < 1:
             raise EvalError(f"limit must be >= 1, got {limit}")
         files = files[:limit]
-    images = load_images(files, int(getattr(model, "in_channels", 3)))
+    images = load_images(files, as_restoration_model(model).in_channels)
     kwargs.setdefault("protect", files)
     res = evaluate_arrays(model, images, protocol, **kwargs)
     res.meta.update({"dataset": str(dataset), "dataset_dir": str(folder)})

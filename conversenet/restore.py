@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .models.base import RestorationModel, as_restoration_model
+
 __all__ = [
     "TASKS",
     "DEFAULT_MODELS",
@@ -145,6 +147,9 @@ class LoadedModel:
     source: str
     meta: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.model = as_restoration_model(self.model)
+
     @property
     def task(self) -> str:
         return self.model.task
@@ -219,10 +224,8 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
             continue
         if model is not None and model not in (arch, p.stem) and model.removesuffix("_official") not in (arch, p.stem):
             continue
-        if task == "deblur":  # blind (ConverseNet/ConvNet) vs non-blind (USRNet) must match
-            needs_kernel = "usrnet" in arch
-            if needs_kernel == bool(blind):
-                continue
+        if task == "deblur" and reg.model_info(arch)["takes_kernel"] == bool(blind):
+            continue  # blind (ConverseNet/ConvNet) vs non-blind (USRNet) must match
         rank = 0 if default.removesuffix("_official") in (arch, p.stem) or default in (arch, p.stem) else 1
         found.append((rank, p))
     return [p for _, p in sorted(found, key=lambda t: (t[0], t[1].name))]
@@ -250,7 +253,7 @@ def _guess_by_shapes(state: Dict[str, torch.Tensor], stem: str, task: Optional[s
     reg = _registry()
     names = reg.list_models(task)
     if task == "deblur":  # blind (no kernel input) and non-blind models are not interchangeable
-        names = [n for n in names if ("usrnet" in n) != bool(blind)]
+        names = [n for n in names if reg.model_info(n)["takes_kernel"] != bool(blind)]
     order: List[str] = []
     for n in ([stem] if stem in names else []) + ([_default_name(task, blind)] if task else []) + names:
         if n in names and n not in order:
@@ -424,7 +427,7 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
                           else " (authors' weights unavailable)")
     else:
         lm = load_weights_file(w, task, model, blind)
-    if task == "deblur" and lm.model.needs_kernel == bool(blind):
+    if task == "deblur" and lm.model.takes_kernel == bool(blind):
         want = "a blind model (e.g. conversenet)" if blind else "a non-blind model taking a kernel (e.g. converse_usrnet)"
         raise RestoreError(f"{lm.name} does not fit this deblurring mode: need {want}")
     lm.model.to(resolve_device(device) if isinstance(device, str) else device)
@@ -485,14 +488,6 @@ _ACT_FACTOR = 10.0
 _SAFETY = 1.2
 
 
-def _call(model: nn.Module, x: torch.Tensor, kernel: Optional[torch.Tensor]) -> torch.Tensor:
-    if getattr(model, "needs_kernel", False):
-        if kernel is None:
-            raise ValueError("this model needs a blur kernel (kernel=...)")
-        return model(x, kernel.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1))
-    return model(x)
-
-
 def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = None) -> Tuple[float, List[float]]:
     """Working memory of ``model`` (eval, no grad) per input pixel: ``(activations, spectra)``.
 
@@ -510,7 +505,8 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     >>> round(act, 1), [round(s, 1) for s in spectra]
     (768.0, [76.8])
     """
-    cached = getattr(model, "_restore_bpp", None)
+    model = as_restoration_model(model)
+    cached = model.__dict__.get("_restore_bpp")
     if cached is not None:
         return cached
     from .nn import Converse2d
@@ -524,7 +520,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
         nonlocal widest
         if isinstance(out, torch.Tensor):
             widest = max(widest, out.numel() / (p * p))
-            if isinstance(mod, Converse2d) and getattr(mod, "weight", None) is not None:
+            if isinstance(mod, Converse2d) and mod.weight is not None:
                 spectra.append(_SAFETY * 4.0 * out.numel() / (p * p))
 
     for m in model.modules():
@@ -532,14 +528,14 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     param = next(model.parameters(), None)
     dev = param.device if param is not None else torch.device("cpu")
     k = kernel
-    if getattr(model, "needs_kernel", False) and k is None:
-        size = getattr(model, "blur_kernel_size", 7)
+    if model.takes_kernel and k is None:
+        size = model.blur_kernel_size
         k = torch.full((1, 1, size, size), 1.0 / size**2)
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            _call(model, torch.rand(1, model.in_channels, p, p, device=dev), k)
+            model.restore(torch.rand(1, model.in_channels, p, p, device=dev), k if model.takes_kernel else None)
     finally:
         for h in hooks:
             h.remove()
@@ -626,15 +622,16 @@ def run_model(model: nn.Module, x: torch.Tensor, kernel: Optional[torch.Tensor] 
     from .tiling import tiled_forward
 
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(f"x must be a (N, C, H, W) tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    model = as_restoration_model(model)
     budget = parse_memory(max_memory)
     h, w = x.shape[-2:]
     with torch.no_grad():
         t = plan_tile(h, w, lambda px: estimate_memory(model, px, kernel), budget, tile, overlap)
         if t is None:
-            return _call(model, x, kernel)
-        return tiled_forward(lambda v: _call(model, v, kernel), x, tile=t, overlap=overlap,
-                             scale=getattr(model, "scale", 1), progress=progress)
+            return model.restore(x, kernel)
+        return tiled_forward(lambda v: model.restore(v, kernel), x, tile=t, overlap=overlap,
+                             scale=model.scale, progress=progress)
 
 
 # --------------------------------------------------------------------------------------
@@ -657,16 +654,16 @@ def restore_array(img: np.ndarray, lm: Union[LoadedModel, nn.Module], kernel=Non
     """
     from .data import imresize
 
-    model = lm.model if isinstance(lm, LoadedModel) else lm
+    model = as_restoration_model(lm.model if isinstance(lm, LoadedModel) else lm)
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"img must be a numpy array (H, W, C) with C in 1..4, got {getattr(img, 'shape', img)}")
+        raise ValueError(f"img must be a numpy array (H, W, C) with C in 1..4, got {img.shape if isinstance(img, np.ndarray) else img}")
     if img.dtype.kind != "f":
         raise TypeError(f"img must be a float array in [0, 1], got {img.dtype}")
     k = None
     if kernel is not None:
         k = torch.as_tensor(np.asarray(kernel, np.float32))[None, None]
     dev = next(model.parameters()).device
-    s = getattr(model, "scale", 1)
+    s = model.scale
     c = img.shape[2]
     alpha = None
     if c in (2, 4):
@@ -730,9 +727,10 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     kind, arr, meta = _to_float_hwc(image)
     if isinstance(model, nn.Module):
-        lm = LoadedModel(model.eval(), type(model).__name__, "module passed in", {})
-        if getattr(model, "task", task) != task:
-            raise ValueError(f"model is a {model.task} network, not {task}")
+        net = as_restoration_model(model, task)
+        lm = LoadedModel(net.eval(), net.describe(), "module passed in", {})
+        if net.task != task:
+            raise ValueError(f"model is a {net.task} network, not {task}")
     else:
         dev = resolve_device(device)
         key = (task, model, str(weights), str(dev), bool(blind))
@@ -742,10 +740,10 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
             _MODEL_CACHE[key] = lm
     net = lm.model
     k = None
-    if getattr(net, "needs_kernel", False):
+    if net.takes_kernel:
         if kernel is None:
             raise ValueError("kernel is required for non-blind deblurring (or pass blind=True)")
-        k = make_kernel(kernel, getattr(net, "blur_kernel_size", 7))
+        k = make_kernel(kernel, net.blur_kernel_size)
     elif kernel is not None:
         raise ValueError(f"kernel was given but the model {lm.name} does not take one")
     if scale is not None and int(scale) != net.scale:

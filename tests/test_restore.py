@@ -324,7 +324,7 @@ def test_restore_equals_evaluate_protocol_with_official_weights(official_dir, da
     conversenet.evaluate produces (a 48 x 48 crop of Set12/01 keeps it fast)."""
     from conversenet.data import add_awgn_np, read_image, to_float
     from conversenet.evaluate import Protocol
-    from conversenet.evaluate import restore as eval_restore
+    from conversenet.evaluate import restore_lq as eval_restore
 
     monkeypatch.setenv("CONVERSENET_WEIGHTS_DIR", str(official_dir))
     gt, _ = read_image(data_root / "testsets" / "set12" / "01.png")

@@ -175,6 +175,7 @@ def _run_cells(args, state: dict, ctx) -> int:
 
     from .. import evaluate as ev
     from .._atomic import WriteError, check_writable_dir
+    from ..models import as_restoration_model
 
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
@@ -217,10 +218,10 @@ def _run_cells(args, state: dict, ctx) -> int:
             except WriteError as e:
                 raise CLIError(f"--out: {e}") from None
             if name not in models:
-                models[name] = _load_model(name, args.weights).to(device)
+                models[name] = as_restoration_model(_load_model(name, args.weights)).to(device)
             model = models[name]
             proto = ev.protocol_for(model, sigma=sigma, scale=args.scale, kernel=kernel, kernel_name=kname)
-            chans = int(getattr(model, "in_channels", 3))
+            chans = int(model.in_channels)
             if (dspec, chans) not in images_of:
                 images_of[(dspec, chans)] = ev.load_images(files, chans)
             images = images_of[(dspec, chans)]

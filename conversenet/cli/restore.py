@@ -394,10 +394,10 @@ def side_by_side(*imgs, gap: int = 4):
 def _kernel_for(args, lm):
     from .. import restore as R
 
-    if not getattr(lm.model, "needs_kernel", False):
+    if not lm.model.takes_kernel:
         return None
     try:
-        return R.make_kernel(args.kernel, getattr(lm.model, "blur_kernel_size", 7))
+        return R.make_kernel(args.kernel, lm.model.blur_kernel_size)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
     except Exception as e:  # KernelError / ImportError from the loaders
@@ -709,7 +709,7 @@ def run_demo(args) -> int:
     task = args.task
     lm = _load(args, task, device, blind=False, log=print)
     net = lm.model
-    s = int(getattr(net, "scale", 1))
+    s = int(net.scale)
     size = args.size - args.size % (8 * s)
     scene = R.sample_image(size, seed=args.seed)
     if net.in_channels == 1:
@@ -725,7 +725,7 @@ def run_demo(args) -> int:
         what = f"bicubic downscaling x{s}"
         kernel = None
     else:
-        kernel = R.make_kernel("gaussian:1.6", getattr(net, "blur_kernel_size", 7))
+        kernel = R.make_kernel("gaussian:1.6", net.blur_kernel_size)
         proto = Protocol("deblur", sigma=2.55, crop_border=1, kernel_name="gaussian:1.6", kernel=kernel,
                          multiple=8, seed=args.seed)
         what = "Gaussian blur (sigma 1.6) + noise 2.55"

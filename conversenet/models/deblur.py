@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..functional import converse2d
 from ._common import BlockStack, block_stack, check_image, check_pos_int
+from .base import RestorationModel
 
 __all__ = ["ConverseNet", "ConvNet", "KernelNet", "KernelConverse", "ConverseUSRNet", "ConvUSRNet"]
 
@@ -36,7 +37,7 @@ def _check_kernel(kernel, n: int, size: int) -> torch.Tensor:
     return kernel
 
 
-class ConverseNet(nn.Module):
+class ConverseNet(RestorationModel):
     """ConverseNet for blind deblurring (Table 7), the released checkpoint's structure.
 
     ``conv1`` 1x1 in_channels -> C, then the stack ``p`` of ``num_blocks`` converse blocks
@@ -79,7 +80,6 @@ class ConverseNet(nn.Module):
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = 1
-        self.needs_kernel = False
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init, spatial=self.spatial)
         )
@@ -181,7 +181,7 @@ class KernelConverse(nn.Module):
         return converse2d(x, kernel, self.lam, scale, self.padding, self.padding_mode, self.x0)
 
 
-class ConverseUSRNet(nn.Module):
+class ConverseUSRNet(RestorationModel):
     """Converse-USRNet for non-blind deblurring (paper Fig. 3c), the released structure.
 
     ``KernelNet`` embeds the blur kernel into 16 x k x k; per iteration i a 1x1 conv
@@ -214,6 +214,7 @@ class ConverseUSRNet(nn.Module):
     """
 
     task = "deblur"
+    takes_kernel = True
 
     def __init__(
         self,
@@ -237,7 +238,6 @@ class ConverseUSRNet(nn.Module):
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = check_pos_int("scale", scale)
         self.blur_kernel_size = check_pos_int("blur_kernel_size", blur_kernel_size)
-        self.needs_kernel = True
         self.d = KernelConverse(width, data_eps)
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -282,7 +282,7 @@ class ImageDataStep(nn.Module):
         return converse2d(y, kernel, lam, scale, 0, self.padding_mode, "interp" if z is None else z)
 
 
-class ConvUSRNet(nn.Module):
+class ConvUSRNet(RestorationModel):
     """Conv-USRNet (Table 7, non-blind): USRNet's unrolled scheme with the data step on the
     image and a convolutional prior (our design; the paper gives no details).
 
@@ -306,6 +306,7 @@ class ConvUSRNet(nn.Module):
     """
 
     task = "deblur"
+    takes_kernel = True
 
     def __init__(
         self,
@@ -329,7 +330,6 @@ class ConvUSRNet(nn.Module):
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = check_pos_int("scale", scale)
         self.blur_kernel_size = check_pos_int("blur_kernel_size", blur_kernel_size)
-        self.needs_kernel = True
         self.d = ImageDataStep(in_channels, iterations, data_eps)
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -349,3 +349,4 @@ class ConvUSRNet(nn.Module):
             est = self.d(x, k, i, z, self.scale)
             z = est + self.conv2(self.p(self.conv1(est)))
         return z
+

@@ -8,11 +8,12 @@ import torch
 import torch.nn as nn
 
 from ._common import block_stack, check_image, check_pos_int
+from .base import RestorationModel
 
 __all__ = ["ConverseDnCNN", "ConvDnCNN", "ConvTDnCNN", "DnCNN"]
 
 
-class ConverseDnCNN(nn.Module):
+class ConverseDnCNN(RestorationModel):
     """Converse-DnCNN (paper Fig. 3a): 1x1 conv, ``num_blocks`` converse blocks, 1x1 conv.
 
     The network outputs the clean image directly (no global skip), as the released
@@ -57,7 +58,6 @@ class ConverseDnCNN(nn.Module):
         super().__init__()
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.scale = 1
-        self.needs_kernel = False
         self.m_head = nn.Sequential(nn.Conv2d(in_channels, width, 1))
         self.m_body = block_stack(
             num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -104,7 +104,7 @@ class ConvTDnCNN(ConverseDnCNN):
     spatial = "convt"
 
 
-class DnCNN(nn.Module):
+class DnCNN(RestorationModel):
     """The original DnCNN (Zhang et al. 2017): ``depth`` 3x3 conv layers, residual learning.
 
     Layer 1: conv + ReLU; layers 2..depth-1: conv + BatchNorm + ReLU; last: conv. Every
@@ -141,7 +141,6 @@ class DnCNN(nn.Module):
         super().__init__()
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.scale = 1
-        self.needs_kernel = False
         check_pos_int("width", width)
         check_pos_int("depth", depth, 2)
         layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
@@ -153,3 +152,4 @@ class DnCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.in_channels)
         return x - self.model(x)
+

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch.nn as nn
 
 from . import weights as _w
+from .base import class_contract
 from .deblur import ConverseNet, ConverseUSRNet, ConvNet, ConvUSRNet
 from .denoise import ConvDnCNN, ConverseDnCNN, ConvTDnCNN, DnCNN
 from .unet import ConverseUNet
@@ -138,9 +139,10 @@ def register_model(name: str, cls: Optional[type] = None, defaults: Optional[Dic
         raise ValueError(f"register_model: {name!r} is already registered (pass replace=True to replace it)")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_model: {name!r} must be an nn.Module subclass, got {cls!r}")
-    if getattr(cls, "task", None) not in _TASKS:
+    task, _ = class_contract(cls)
+    if task not in _TASKS:
         raise ValueError(f"register_model: {cls.__name__} needs a class attribute task in {_TASKS}, "
-                         f"got {getattr(cls, 'task', None)!r}")
+                         f"got {task!r}")
     if defaults is not None and not isinstance(defaults, dict):
         raise TypeError(f"register_model: defaults must be a dict, got {type(defaults).__name__}")
     _REGISTRY[name] = ModelEntry(cls, dict(defaults or {}), None, doc or cls.__name__)
@@ -149,7 +151,7 @@ def register_model(name: str, cls: Optional[type] = None, defaults: Optional[Dic
 
 def list_models(task: Optional[str] = None) -> List[str]:
     """Registered names (sorted), optionally only those of ``task`` (denoise/sr/deblur)."""
-    return sorted(n for n, e in _REGISTRY.items() if task is None or e.cls.task == task)
+    return sorted(n for n, e in _REGISTRY.items() if task is None or class_contract(e.cls)[0] == task)
 
 
 def _entry(name: str) -> ModelEntry:
@@ -161,7 +163,8 @@ def _entry(name: str) -> ModelEntry:
 def model_info(name: str) -> Dict[str, Any]:
     """Class, defaults, official file and a one-line description of a registered name."""
     e = _entry(name)
-    return {"class": e.cls.__name__, "task": e.cls.task, "defaults": dict(e.defaults),
+    task, takes_kernel = class_contract(e.cls)
+    return {"class": e.cls.__name__, "task": task, "takes_kernel": takes_kernel, "defaults": dict(e.defaults),
             "official_file": e.official_file, "doc": e.doc}
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..nn import Converse2d, ConverseBlock
 from ._common import block_stack, check_image, check_pos_int
+from .base import RestorationModel
 
 __all__ = ["SRResNet", "ConverseSRResNet", "ConvSRResNet", "ConvTSRResNet", "UPSAMPLERS"]
 
@@ -49,7 +50,7 @@ class _ResidualBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
-class SRResNet(nn.Module):
+class SRResNet(RestorationModel):
     """Modified SRResNet (MSRResNet) with a selectable upsampler (paper Table 6).
 
     ``conv_first`` 3x3 -> LeakyReLU(0.1) -> ``num_blocks`` residual blocks (conv-ReLU-conv,
@@ -113,7 +114,6 @@ class SRResNet(nn.Module):
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
         self.scale = scale
         self.upsampler = upsampler
-        self.needs_kernel = False
         self.conv_first = nn.Conv2d(in_channels, width, 3, padding=1)
         self.conv_body = nn.Sequential(*[_ResidualBlock(width) for _ in range(num_blocks)])
         stages = []
@@ -143,7 +143,7 @@ class SRResNet(nn.Module):
         return f + _bilinear_skip(x, self.scale)
 
 
-class ConverseSRResNet(nn.Module):
+class ConverseSRResNet(RestorationModel):
     """Converse-SRResNet (paper Fig. 3b), the structure of the released checkpoint.
 
     ``conv_first`` 1x1 -> GELU -> ``conv_body`` (``num_blocks`` converse blocks, 5x5,
@@ -195,7 +195,6 @@ class ConverseSRResNet(nn.Module):
         self.in_channels = check_pos_int("in_channels", in_channels)
         factors = _stage_factors(scale)
         self.scale = scale
-        self.needs_kernel = False
         common = dict(
             padding=padding, padding_mode=padding_mode, eps=eps, x0=x0,
             kernel_init=kernel_init, spatial=self.spatial,
@@ -274,3 +273,4 @@ class ConvTSRResNet(ConverseSRResNet):
 
     def _make_up(self, width, f, k, padding, padding_mode, eps, x0, kernel_init) -> nn.Module:
         return nn.ConvTranspose2d(width, width, f, stride=f, groups=width)
+

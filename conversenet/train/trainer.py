@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 
 from . import _ops
 from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
+from ..models.base import as_restoration_model
 from .checkpoint import FORMAT as CKPT_FORMAT
 from .checkpoint import VERSION as CKPT_VERSION
 from .checkpoint import CheckpointError, load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
@@ -88,19 +89,16 @@ def build_model(cfg: Config) -> nn.Module:
         raise ConfigError(f"model.args: {name} rejected {args}: {e}") from None
     except WeightsError as e:
         raise ConfigError(f"model.args: {e}") from None
-    task = getattr(model, "task", None)
+    task = as_restoration_model(model).task
     if task not in ("denoise", "sr", "deblur"):
         raise ConfigError(f"model.name: {name} has no valid 'task' attribute (got {task!r})")
     return model
 
 
 def model_info(model: nn.Module) -> Dict[str, Any]:
-    return {
-        "task": model.task,
-        "in_channels": int(getattr(model, "in_channels", 3)),
-        "scale": int(getattr(model, "scale", 1) or 1),
-        "needs_kernel": bool(getattr(model, "needs_kernel", False)),
-    }
+    m = as_restoration_model(model)
+    return {"task": m.task, "in_channels": int(m.in_channels), "scale": int(m.scale),
+            "needs_kernel": bool(m.takes_kernel)}
 
 
 # --------------------------------------------------------------------------- EMA
@@ -233,6 +231,8 @@ class Trainer:
 
         self.model = build_model(cfg).to(self.device)
         self.info = model_info(self.model)
+        # the model contract of the trained network (a user's module: wrapped once, here)
+        self.contract = as_restoration_model(self.model)
         task = self.info["task"]
         if task == "sr" and self.info["scale"] != cfg.degradation.scale:
             raise ConfigError(f"degradation.scale: {cfg.degradation.scale} but the model upscales by "
@@ -399,9 +399,8 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         lq = batch["lq"].to(self.device, non_blocking=True)
-        if self.info["needs_kernel"]:
-            return net(lq, batch["kernel"].to(self.device, non_blocking=True))
-        return net(lq)
+        k = batch["kernel"].to(self.device, non_blocking=True) if self.contract.takes_kernel else None
+        return net(*self.contract.inputs(lq, k))
 
     @torch.no_grad()
     def validate(self) -> float:
