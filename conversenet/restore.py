@@ -27,15 +27,12 @@ Example (random weights, so the "restored" image is meaningless; shows the call 
 
 from __future__ import annotations
 
-import importlib.resources
-import json
 import math
 import numbers
 import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -43,7 +40,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .models.base import RestorationModel, as_restoration_model
+from .models.base import as_restoration_model
+from .models.registry import LoadedModel
 
 __all__ = [
     "TASKS",
@@ -75,8 +73,6 @@ DEFAULT_MODELS = {
     "deblur": "converse_usrnet_official",
     "deblur_blind": "conversenet_official",
 }
-#: Noise level the official denoiser was trained for (0..255 units).
-OFFICIAL_SIGMA = {"converse_dncnn_official": 25.0}
 #: Overlap between tiles in input pixels (docs/RESTORE.md: <= 0.02 dB on Set12 at 192-px tiles).
 DEFAULT_OVERLAP = 32
 #: Default working-memory budget of the network (bytes); image buffers come on top.
@@ -131,36 +127,6 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
 # --------------------------------------------------------------------------------------
 # models and weights
 # --------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A network ready for inference and where its weights came from.
-
-    Attributes:
-        model: the module (eval mode, on its device).
-        name: registry name.
-        source: one line saying which weights were used.
-        meta: the sidecar metadata (``sigma`` etc.), may be empty.
-    """
-
-    model: nn.Module
-    name: str
-    source: str
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.model = as_restoration_model(self.model)
-
-    @property
-    def task(self) -> str:
-        return self.model.task
-
-    @property
-    def sigma(self) -> Optional[float]:
-        """Noise level (0..255) the weights were trained for, when known."""
-        s = self.meta.get("sigma", OFFICIAL_SIGMA.get(self.name) if "official" in self.source.lower() else None)
-        return None if s is None else float(s)
-
-
 def _registry():
     from .models import registry
 
@@ -173,197 +139,92 @@ def _default_name(task: str, blind: bool = False) -> str:
     return DEFAULT_MODELS["deblur_blind" if task == "deblur" and blind else task]
 
 
-def _sidecar(path: Path) -> Dict[str, Any]:
-    """The optional ``<file>.json`` next to a weights file, checked: ``model`` a string,
-    ``args`` a mapping (or null), ``sigma`` a number (or null). One-line errors naming it."""
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return {}
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise RestoreError(f"cannot read the weights description {side}: {e}") from e
-    if not isinstance(meta, dict):
-        raise RestoreError(f"{side} must hold a JSON object like {{\"model\": NAME, \"args\": {{...}}}}")
-    if meta.get("model") is not None and not isinstance(meta["model"], str):
-        raise RestoreError(f"{side}: \"model\" must be a registry name (a string), got {type(meta['model']).__name__}")
-    if meta.get("args") is not None and not isinstance(meta["args"], dict):
-        raise RestoreError(f"{side}: \"args\" must be a JSON object of constructor arguments, "
-                           f"got {type(meta['args']).__name__} {json.dumps(meta['args'])[:60]}")
-    sigma = meta.get("sigma")
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))):
-        raise RestoreError(f"{side}: \"sigma\" must be a number, got {json.dumps(sigma)[:60]}")
-    return meta
+def _architecture(name: str) -> str:
+    """The architecture of a registry name (a weight set's ``model``, else the name itself)."""
+    ws = _registry().model_info(name)["weights"]
+    return _weights_mod().get_weights(ws).model if ws else name
 
 
-def _package_weights_dir():
-    return importlib.resources.files("conversenet").joinpath("weights")
+def _weights_mod():
+    from .models import weights
+
+    return weights
 
 
-def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False) -> List[Path]:
-    """Built-in weight files usable for ``task`` (best first); empty when none ship.
-
-    A file ``conversenet/weights/<stem>.pth`` qualifies when its sidecar names a model of the
-    task, or ``<stem>`` is such a registry name. With ``model``, only files for that model
-    (``<model>.pth``, ``<model minus _official>.pth`` or a sidecar naming it) qualify.
-    """
-    folder = _package_weights_dir()
-    if not folder.is_dir():
-        return []
-    reg = _registry()
-    names = reg.list_models(task)
-    found: List[Tuple[int, Path]] = []
-    default = _default_name(task, blind)
-    for res in folder.iterdir():
-        if not res.name.endswith(".pth"):
+def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False) -> List[Any]:
+    """The package's own weight sets (:class:`~conversenet.models.weights.WeightSet`,
+    ``origin="package"``) usable for ``task`` whose file is present, best first; empty when
+    none. For deblurring only those of the mode (``blind`` or taking a kernel); with
+    ``model``, only sets named ``model`` or for that architecture (or the architecture of
+    the weight set ``model``). The task's default architecture comes first."""
+    W = _weights_mod()
+    default_arch = _architecture(_default_name(task, blind))
+    archs = None if model is None else {model, _architecture(model)}
+    found = []
+    for ws in W.list_weights(task=task, origin="package"):
+        if task == "deblur" and ws.takes_kernel == bool(blind):
             continue
-        p = Path(str(res))
-        meta = _sidecar(p)
-        arch = meta.get("model", p.stem)
-        if arch not in names:
+        if archs is not None and not ({ws.name, ws.model} & archs):
             continue
-        if model is not None and model not in (arch, p.stem) and model.removesuffix("_official") not in (arch, p.stem):
-            continue
-        if task == "deblur" and reg.model_info(arch)["takes_kernel"] == bool(blind):
-            continue  # blind (ConverseNet/ConvNet) vs non-blind (USRNet) must match
-        rank = 0 if default.removesuffix("_official") in (arch, p.stem) or default in (arch, p.stem) else 1
-        found.append((rank, p))
-    return [p for _, p in sorted(found, key=lambda t: (t[0], t[1].name))]
-
-
-def _official_preset(filename: str) -> Optional[str]:
-    """The registry name whose released file is ``filename`` (e.g. ``converse_dncnn_official``)."""
-    reg = _registry()
-    for n in reg.list_models():
-        if reg.model_info(n)["official_file"] == filename:
-            return n
-    return None
-
-
-def _fits(net: nn.Module, state: Dict[str, torch.Tensor]) -> bool:
-    own = net.state_dict()
-    return set(own) == set(state) and all(tuple(own[k].shape) == tuple(state[k].shape) for k in own)
-
-
-def _guess_by_shapes(state: Dict[str, torch.Tensor], stem: str, task: Optional[str],
-                     blind: bool) -> Optional[str]:
-    """The first registry model (at its defaults) whose parameter names and shapes are exactly
-    those of ``state``. Tried in this order: the file's stem when it is a registry name (a
-    preference only, never taken without fitting), the task's default, then the others."""
-    reg = _registry()
-    names = reg.list_models(task)
-    if task == "deblur":  # blind (no kernel input) and non-blind models are not interchangeable
-        names = [n for n in names if reg.model_info(n)["takes_kernel"] != bool(blind)]
-    order: List[str] = []
-    for n in ([stem] if stem in names else []) + ([_default_name(task, blind)] if task else []) + names:
-        if n in names and n not in order:
-            order.append(n)
-    for n in order:
-        try:
-            if _fits(reg.create(n), state):
-                return n
-        except (TypeError, ValueError):  # pragma: no cover - registry entries build at defaults
-            continue
-    return None
+        if W.locate(ws).status == "found":
+            found.append(ws)
+    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.name))
 
 
 def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None, model: Optional[str] = None,
                       blind: bool = False) -> LoadedModel:
-    """Builds a network and loads a state-dict file (plus its optional ``.json`` sidecar).
-
-    The architecture is, in this order: the authors' released network when the file's
-    SHA-256 is that of one of their checkpoints (whatever the file is called); the sidecar's
-    ``model``/``args``; ``model``; else the registry model whose parameter names and shapes
-    are those of the file (the file's name is only a tie-break). The file itself is loaded
-    weights-only (:func:`conversenet.models.weights.read_state_dict`).
-    """
-    from .models import WeightsError
-    from .models.weights import load_into, official_file_of, read_state_dict
+    """:func:`conversenet.models.load_weights` for ``task`` (the task's default network is
+    preferred when the file's tensors fit several), errors as :class:`RestoreError`."""
+    from .models import WeightsError, load_weights
 
     p = Path(path)
     if not p.is_file():
         raise RestoreError(f"weights file not found: {p}")
-    meta = _sidecar(p)
-    reg = _registry()
     try:
-        state = read_state_dict(p)
-    except WeightsError as e:
-        raise RestoreError(str(e)) from None
-    official = official_file_of(p)
-    preset = _official_preset(official) if official else None
-    args: Dict[str, Any] = {}
-    how = ""
-    if preset is not None and (model is None or model in (preset, preset.removesuffix("_official"))):
-        name, how = preset, f", recognised by its SHA-256 as the authors' {official}"
-        meta = {k: v for k, v in meta.items() if k not in ("model", "args")}
-        if name in OFFICIAL_SIGMA:
-            meta.setdefault("sigma", OFFICIAL_SIGMA[name])
-    elif meta.get("model"):
-        name, args = meta["model"], meta.get("args") or {}
-    elif model is not None:
-        name = model
-    else:
-        name = _guess_by_shapes(state, p.stem, task, blind)
-        if name is None:
-            fallback = p.stem if p.stem in reg.list_models() else (_default_name(task, blind) if task else None)
-            if fallback is None:
-                raise RestoreError(f"cannot tell which network {p} is for: no registered model has its tensor "
-                                   f"names and shapes; pass model= or add {p.with_suffix('.json')}")
-            try:
-                load_into(reg.create(fallback), state, fallback, str(p))
-            except WeightsError as e:
-                raise RestoreError(f"{e} (no registered model at its default size fits this file; pass --model "
-                                   f"or describe it in {p.with_suffix('.json')})") from None
-            name = fallback  # fits, but a model of another task: refused below
-        else:
-            how = ", chosen by its tensor shapes"
-    try:
-        net = reg.create(name, **args)
-        load_into(net, state, name, str(p))
+        return load_weights(model, p, task=task, blind=blind if task == "deblur" else None,
+                            prefer=_default_name(task, blind) if task else None)
     except (WeightsError, ValueError, TypeError) as e:
         raise RestoreError(str(e)) from None
-    if task is not None and net.task != task:
-        raise RestoreError(f"{p} holds a {net.task} network ({name}), not a {task} one")
-    return LoadedModel(net.eval(), name, f"{p} ({name}{how})", meta)
 
 
 def _offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0", "false", "no")
 
 
-def _load_official(name: str) -> LoadedModel:
-    from .models.weights import ENV_VAR
-    from .paths import default_official_weights_dir
-
-    reg = _registry()
-    info = reg.model_info(name)
-    if info["official_file"] is None:
+def _official_set(name: str):
+    """The authors' weight set for registry name ``name`` (itself, or the one for its
+    architecture: converse_dncnn -> converse_dncnn_official)."""
+    sets = _weights_mod().weights_for(name, origin="authors")
+    if not sets:
         raise RestoreError(f"there are no official weights for {name!r}")
-    # a development checkout finds ../shared/weights/official; elsewhere the usual search
-    explicit = None
-    if not os.environ.get(ENV_VAR):
-        d = default_official_weights_dir()
-        if d is not None and (d / info["official_file"]).is_file():
-            explicit = d
-    net = reg.create(name, pretrained="official", weights_path=explicit, download=not _offline())
-    from .models.weights import find_official
+    return sets[0]
 
-    where = find_official(info["official_file"], explicit, download=False)
-    return LoadedModel(net, name, f"authors' weights {info['official_file']} ({where})", {})
+
+def _load_set(ws, asked: str, what: str) -> LoadedModel:
+    """Builds and loads weight set ``ws``; the source line names the record (and the name
+    asked for, when that was an architecture the record is for)."""
+    W = _weights_mod()
+    path = W.find_file(ws, download=not _offline())
+    net = _registry().create(ws.name, pretrained=True, weights_path=path)
+    via = f"; weight set {ws.name} for {asked}" if asked != ws.name else ""
+    return LoadedModel(net, ws.name, f"{what} {ws.file} ({path}{via})", {}, ws)
 
 
 def _load_builtin(task: str, model: Optional[str], blind: bool) -> LoadedModel:
-    files = builtin_weights(task, model, blind)
-    if not files:
+    sets = builtin_weights(task, model, blind)
+    if not sets:
         what = f"model {model!r}" if model else f"task {task!r}" + (" (blind)" if task == "deblur" and blind else "")
         raise RestoreError(
-            f"no built-in weights for {what}: this install has no matching conversenet/weights/*.pth "
+            f"no built-in weights for {what}: this install has no matching weight set in conversenet/weights/ "
             "(they are produced by the project's training runs); use --weights official (the authors' "
             "checkpoints, found via $CONVERSENET_WEIGHTS_DIR or downloaded) or --weights PATH"
         )
-    lm = load_weights_file(files[0], task, model, blind)
-    lm.source = f"built-in weights {files[0].name} ({lm.name})"
-    return lm
+    from .models import WeightsError
+
+    try:
+        return _load_set(sets[0], model or sets[0].name, "built-in weights")
+    except WeightsError as e:
+        raise RestoreError(str(e)) from None
 
 
 def load_model(task: str, model: Optional[str] = None, weights: str = "auto", device="cpu",
@@ -372,7 +233,8 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
 
     Args:
         task: "denoise", "sr" or "deblur".
-        model: registry name (default: :data:`DEFAULT_MODELS`).
+        model: registry name (default: :data:`DEFAULT_MODELS`). An architecture name with
+            "official" weights loads the authors' weight set for it, and says so.
         weights: "auto" (the authors' file when found or downloadable, else built-in),
             "official", "builtin", or a path to a state-dict file.
         device: where to put the network.
@@ -396,23 +258,17 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be 'auto', 'official', 'builtin' or a path, got {weights!r}")
     w = str(weights)
-    if model is not None and w in ("official", "auto") and reg.model_info(model)["official_file"] is None \
-            and f"{model}_official" in reg.list_models():
-        model = f"{model}_official"  # e.g. converse_dncnn -> its released preset, as `conversenet eval` does
+    name = model or _default_name(task, blind)
     if w == "official":
-        name = model or _default_name(task, blind)
         try:
-            lm = _load_official(name)
+            lm = _load_set(_official_set(name), name, "authors' weights")
         except WeightsError as e:
             raise RestoreError(str(e)) from e
     elif w == "builtin":
         lm = _load_builtin(task, model, blind)
     elif w == "auto":
-        name = model or _default_name(task, blind)
         try:
-            if reg.model_info(name)["official_file"] is None:
-                raise RestoreError(f"there are no official weights for {name!r}")
-            lm = _load_official(name)
+            lm = _load_set(_official_set(name), name, "authors' weights")
         except (WeightsError, RestoreError) as e:
             first = str(e).split(". ")[0]
             if isinstance(e, ChecksumError):

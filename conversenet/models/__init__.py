@@ -10,15 +10,16 @@ A user's own module is wrapped once by :func:`~conversenet.models.base.as_restor
 from .base import ModuleAdapter, RestorationModel, as_restoration_model
 from .deblur import ConverseNet, ConverseUSRNet, ConvNet, ConvUSRNet, KernelConverse, KernelNet
 from .denoise import ConvDnCNN, ConverseDnCNN, ConvTDnCNN, DnCNN
-from .registry import create, list_models, model_info, register_model
+from .registry import LoadedModel, create, list_models, load_weights, model_info, register_model
 from .unet import ConverseUNet
 from .sr import UPSAMPLERS, ConverseSRResNet, ConvSRResNet, ConvTSRResNet, SRResNet
-from .weights import WeightsError
+from .weights import WeightSet, WeightsError, get_weights, list_weights
 
 __all__ = [
     "ConverseDnCNN", "ConvDnCNN", "ConvTDnCNN", "DnCNN", "ConverseUNet",
     "SRResNet", "ConverseSRResNet", "ConvSRResNet", "ConvTSRResNet", "UPSAMPLERS",
     "ConverseNet", "ConvNet", "ConverseUSRNet", "ConvUSRNet", "KernelNet", "KernelConverse",
     "RestorationModel", "ModuleAdapter", "as_restoration_model",
-    "create", "list_models", "model_info", "register_model", "WeightsError",
+    "create", "load_weights", "LoadedModel", "list_models", "model_info", "register_model",
+    "WeightSet", "WeightsError", "get_weights", "list_weights",
 ]

@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..functional import converse2d
 from ._common import BlockStack, block_stack, check_image, check_pos_int
 from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["ConverseNet", "ConvNet", "KernelNet", "KernelConverse", "ConverseUSRNet", "ConvUSRNet"]
 
@@ -350,3 +351,30 @@ class ConvUSRNet(RestorationModel):
             z = est + self.conv2(self.p(self.conv1(est)))
         return z
 
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model {model} --weights official --dataset bsd100 --kernel {k} --device cuda"
+_LICENCE = "as published by the authors in github.com/cszn/ConverseNet (not redistributed here)"
+
+CONVERSE_USRNET_OFFICIAL = register_weights(WeightSet(
+    name="converse_usrnet_official", model="converse_usrnet", task="deblur", channels=3, takes_kernel=True,
+    file="converse_usrnet.pth", origin="authors", url=OFFICIAL_URL + "converse_usrnet.pth",
+    sha256="729529b8bc8cbda152d6b60734b01032b49c20fcb8b6da2fb33141d9c3378d82",
+    scores=tuple(Score(f"bsd100 {k}", {"psnr": p, "ssim": s}, _EVAL.format(model="converse_usrnet", k=k))
+                 for k, p, s in (("kernel_1", 32.46, 0.9115), ("kernel_2", 31.20, 0.8861), ("kernel_3", 38.40, 0.9732),
+                                 ("kernel_4", 32.21, 0.9047), ("kernel_5", 34.62, 0.9429))),
+    source="the paper's authors, released Converse-USRNet (non-blind: takes the 7x7 kernel), RGB, "
+           "noise 2.55 (docs/REPRODUCTION.md, Table 7)",
+    licence=_LICENCE,
+))
+
+CONVERSENET_OFFICIAL = register_weights(WeightSet(
+    name="conversenet_official", model="conversenet", task="deblur", channels=3,
+    file="conversenet.pth", origin="authors", url=OFFICIAL_URL + "conversenet.pth",
+    sha256="603cbb29075178410db9ab6166b247d2ddff32f349c59a7e1763c46feca270bd",
+    scores=tuple(Score(f"bsd100 {k}", {"psnr": p, "ssim": s}, _EVAL.format(model="conversenet", k=k))
+                 for k, p, s in (("kernel_1", 27.69, 0.8186), ("kernel_2", 24.42, 0.6767), ("kernel_3", 31.28, 0.9295),
+                                 ("kernel_4", 27.64, 0.8195), ("kernel_5", 27.32, 0.8320))),
+    source="the paper's authors, released ConverseNet (blind), RGB, noise 2.55 (docs/REPRODUCTION.md, Table 7)",
+    licence=_LICENCE,
+))

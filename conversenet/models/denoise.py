@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ._common import block_stack, check_image, check_pos_int
 from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["ConverseDnCNN", "ConvDnCNN", "ConvTDnCNN", "DnCNN"]
 
@@ -153,3 +154,34 @@ class DnCNN(RestorationModel):
         check_image(x, self.in_channels)
         return x - self.model(x)
 
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model {model} --weights {weights} --dataset {ds} --sigma 25"
+
+CONVERSE_DNCNN_OFFICIAL = register_weights(WeightSet(
+    name="converse_dncnn_official", model="converse_dncnn", args={"kernel_size": 7, "padding": 6},
+    task="denoise", channels=1, sigma=25.0, file="converse_dncnn.pth", origin="authors",
+    url=OFFICIAL_URL + "converse_dncnn.pth",
+    sha256="3b86c7f6e41a014448f923bc331232e1f45e2eae350dd7f9e18440803d283e89",
+    scores=(
+        Score("set12", {"psnr": 30.70, "ssim": 0.8683},
+              _EVAL.format(model="converse_dncnn", weights="official", ds="set12")),
+        Score("bsd68", {"psnr": 29.36, "ssim": 0.8330},
+              _EVAL.format(model="converse_dncnn", weights="official", ds="bsd68") + " --device cuda"),
+    ),
+    source="the paper's authors, released Converse-DnCNN (7x7 kernels, circular padding 6), "
+           "grey, Gaussian noise sigma=25 (docs/REPRODUCTION.md, Table 4)",
+    licence="as published by the authors in github.com/cszn/ConverseNet (not redistributed here)",
+))
+
+DNCNN_BUILTIN = register_weights(WeightSet(
+    name="dncnn", model="dncnn", task="denoise", channels=1, sigma=25.0, file="dncnn.pth", origin="package",
+    sha256="d31a0be77b09e23e4062bc507c51bd8b13c646c0e96238061bf184295899f26f",
+    scores=(
+        Score("set12", {"psnr": 30.01, "ssim": 0.8511}, _EVAL.format(model="dncnn", weights="builtin", ds="set12")),
+        Score("bsd68", {"psnr": 28.94, "ssim": 0.8192}, _EVAL.format(model="dncnn", weights="builtin", ds="bsd68")),
+    ),
+    source="trained by this project: benchmarks/gpu_train_builtin.sh, 10,500 iterations on grey "
+           "patches with sigma=25 noise (docs/TRAINING.md)",
+    licence="MIT (this package)",
+))

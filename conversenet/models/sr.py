@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..nn import Converse2d, ConverseBlock
 from ._common import block_stack, check_image, check_pos_int
 from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["SRResNet", "ConverseSRResNet", "ConvSRResNet", "ConvTSRResNet", "UPSAMPLERS"]
 
@@ -274,3 +275,16 @@ class ConvTSRResNet(ConverseSRResNet):
     def _make_up(self, width, f, k, padding, padding_mode, eps, x0, kernel_init) -> nn.Module:
         return nn.ConvTranspose2d(width, width, f, stride=f, groups=width)
 
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model converse_srresnet --weights official --dataset {ds} --scale 4"
+
+CONVERSE_SRRESNET_OFFICIAL = register_weights(WeightSet(
+    name="converse_srresnet_official", model="converse_srresnet", task="sr", channels=3, scale=4,
+    file="converse_srresnet.pth", origin="authors", url=OFFICIAL_URL + "converse_srresnet.pth",
+    sha256="ed75a697f1ebb9f9ad6a53b7875bb76098f23b48d87bf6f0b0dd8cde6df81d2f",
+    scores=tuple(Score(ds, {"psnr_y": p, "ssim_y": s}, _EVAL.format(ds=ds))
+                 for ds, p, s in (("set5", 32.25, 0.8956), ("set14", 28.72, 0.7837), ("bsd100", 27.62, 0.7367))),
+    source="the paper's authors, released Converse-SRResNet, RGB, bicubic x4 (docs/REPRODUCTION.md, Table 5)",
+    licence="as published by the authors in github.com/cszn/ConverseNet (not redistributed here)",
+))
