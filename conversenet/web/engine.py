@@ -408,7 +408,7 @@ class Engine:
         from ..models import registry
 
         names = [n for n in registry.list_models() if self.layers_of(n)]
-        return sorted(names, key=lambda n: (not n.endswith("_official"), n))
+        return sorted(names, key=lambda n: (registry.model_info(n)["official_file"] is None, n))
 
     def layers_of(self, model: str) -> List[str]:
         """Names of ``model``'s Converse2d layers (built once with random weights)."""
