@@ -102,7 +102,7 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
         size: (H, W) input pixels.
         batch: N.
         image: optional (H, W) or (H, W, C) array in [0, 1] used for every sample;
-            default: the package's generated sample scene (:func:`conversenet.restore.sample_image`),
+            default: the package's generated sample scene (:func:`conversenet.data.sample_image`),
             converted to grey for one-channel models (its channels repeated in turn for
             other channel counts).
         kernel: optional (k, k) blur kernel for models taking one (default: Gaussian,
@@ -117,7 +117,7 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
     c = _in_channels(model)
     generated = image is None
     if generated:
-        from .restore import sample_image
+        from .data import sample_image
 
         image = sample_image(max(h, w, 16))[:h, :w].astype(np.float32) / 255.0
     image = np.asarray(image, dtype=np.float32)
@@ -140,7 +140,7 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
         return (x,)
     ks = int(m.blur_kernel_size)
     if kernel is None:
-        from .restore import make_kernel
+        from .data import make_kernel
 
         kernel = make_kernel("gaussian:1.6", ks)
     k = torch.as_tensor(np.asarray(kernel, dtype=np.float32)).reshape(1, 1, ks, ks).repeat(batch, 1, 1, 1)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .inference import run_model
 from .models.base import as_restoration_model
 
 __all__ = ["converse_layers", "converse_maps", "prepare_input", "figure2"]
@@ -94,7 +95,7 @@ def prepare_input(model: nn.Module, img: np.ndarray, size: int = 96, sigma: floa
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
     kernel = None
     if model.takes_kernel:
-        from .restore import make_kernel
+        from .data import make_kernel
 
         k = make_kernel(f"gaussian:{kernel_sigma}", model.blur_kernel_size)
         kernel = torch.from_numpy(k).float()[None, None]
@@ -132,8 +133,7 @@ def converse_maps(model: nn.Module, x: torch.Tensor, layer: Union[int, str, None
 
     h = mod.register_forward_hook(hook)
     try:
-        with torch.no_grad():
-            as_restoration_model(model).restore(x, kernel)
+        run_model(model, x, kernel, tile=0)  # the one inference path, whole image, no grad
     finally:
         h.remove()
     if "Y" not in got:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .. import paths
+from ..data import IMAGE_EXTENSIONS
 from . import _ops
 
 __all__ = [
@@ -40,7 +41,8 @@ __all__ = [
     "TrainPatches", "ValImages", "IterationBatchSampler",
 ]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: The one list of image extensions (:data:`conversenet.data.IMAGE_EXTENSIONS`).
+IMAGE_EXTS = tuple(IMAGE_EXTENSIONS)
 
 
 def resolve_folder(name: str, what: str) -> Path:

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 
 from . import _ops
 from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
+from ..inference import run_model
 from ..models.base import as_restoration_model
 from .checkpoint import FORMAT as CKPT_FORMAT
 from .checkpoint import VERSION as CKPT_VERSION
@@ -414,8 +415,10 @@ class Trainer:
         vals = []
         for k in range(len(self.val_set)):
             s = self.val_set[k]
-            batch = {key: v.unsqueeze(0) for key, v in s.items()}
-            out = self._forward(model, batch)[0]
+            lq = s["lq"].unsqueeze(0).to(self.device)
+            kern = s["kernel"].unsqueeze(0).to(self.device) if self.contract.takes_kernel else None
+            # the one inference path (whole image: validation images are small)
+            out = run_model(model, lq, kern, tile=0)[0]
             vals.append(_ops.psnr(out, s["gt"], crop_border=border, y_channel=y))
         model.train(was_training)
         return float(sum(vals) / len(vals))
