@@ -34,17 +34,8 @@ import torch.nn as nn
 from .models.base import as_restoration_model
 from .tiling import DEFAULT_OVERLAP, plan_tile, tiled_forward
 
-__all__ = [
-    "DEFAULT_OVERLAP",
-    "DEFAULT_MAX_MEMORY",
-    "RestoreError",
-    "parse_memory",
-    "resolve_device",
-    "estimate_bytes_per_pixel",
-    "estimate_memory",
-    "run_model",
-    "restore_array",
-]
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_MAX_MEMORY", "RestoreError", "parse_memory", "resolve_device",
+           "estimate_bytes_per_pixel", "estimate_memory", "run_model", "restore_array"]
 
 #: Default working-memory budget of the network (bytes); image buffers come on top.
 DEFAULT_MAX_MEMORY = 4 * 2**30
