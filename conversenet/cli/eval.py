@@ -224,7 +224,7 @@ def _run_cells(args, state: dict, ctx) -> int:
             if (dspec, chans) not in images_of:
                 images_of[(dspec, chans)] = ev.load_images(files, chans)
             images = images_of[(dspec, chans)]
-            min_side = ev.model_min_side(model)
+            min_side = model.min_input_size
             for iname, gt in images:
                 ev.check_image_size(iname, gt.shape, proto, min_side)
             cells.append(dict(name=name, model=model, dataset=dspec, folder=folder, files=files, images=images,

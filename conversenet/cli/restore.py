@@ -488,7 +488,7 @@ def _run_files(args, ctx) -> int:
 
     from .. import batch as B
     from .. import restore as R
-    from ..evaluate import model_min_side
+    from ..tasks import get_task
 
     task = args.task
     device, tile, overlap, budget = _setup(args)
@@ -507,13 +507,13 @@ def _run_files(args, ctx) -> int:
     say = print if ctx.is_main else (lambda *a, **k: None)
     lm = _load(args, task, device, blind=getattr(args, "blind", False), log=say)
     net = lm.model
-    if task == "sr" and args.scale != net.scale:
+    if get_task(task).scaled and args.scale != net.scale:
         raise CLIError(f"--scale {args.scale}: the model {lm.name} upscales by {net.scale}")
     if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma and ctx.is_main:
         print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor",
               file=sys.stderr)
     kernel = _kernel_for(args, lm)
-    min_side = model_min_side(net)
+    min_side = net.min_input_size
     job.check = functools.partial(check_item, min_side=min_side)
     # what changes the files written: outputs made with other settings are not "complete"
     job.resume({"task": task, "model": lm.name, "weights": lm.source, "kernel": getattr(args, "kernel", None),

@@ -56,6 +56,7 @@ from . import _ops
 from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
 from ..inference import run_model
 from ..models.base import as_restoration_model
+from ..tasks import get_task
 from .checkpoint import FORMAT as CKPT_FORMAT
 from .checkpoint import VERSION as CKPT_VERSION
 from .checkpoint import CheckpointError, load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
@@ -235,7 +236,7 @@ class Trainer:
         # the model contract of the trained network (a user's module: wrapped once, here)
         self.contract = as_restoration_model(self.model)
         task = self.info["task"]
-        if task == "sr" and self.info["scale"] != cfg.degradation.scale:
+        if get_task(task).scaled and self.info["scale"] != cfg.degradation.scale:
             raise ConfigError(f"degradation.scale: {cfg.degradation.scale} but the model upscales by "
                               f"{self.info['scale']}")
         self.net: nn.Module = self.model
@@ -255,7 +256,7 @@ class Trainer:
         self.val_set = None
         if cfg.data.val:
             kernel = None
-            if task == "deblur" and cfg.degradation.val_kernel:
+            if get_task(task).uses_kernel and cfg.degradation.val_kernel:
                 kernel = _ops.load_kernel(_resolve_file(cfg.degradation.val_kernel, "degradation.val_kernel"))
             self.val_set = ValImages(resolve_folder(cfg.data.val, "data.val"), task, cfg.degradation, ch,
                                      cfg.data.val_images, cfg.data.val_crop, seed=0, kernel=kernel)

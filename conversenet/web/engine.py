@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..models.base import as_restoration_model
+from ..tasks import get_task
 
 __all__ = ["TASKS", "WEIGHTS", "LAYER_WEIGHTS", "FROM_FILE", "DEFAULT_MAX_PIXELS", "WebError", "RestoredImage",
            "RestoreReport", "Engine", "clean_uploads"]
@@ -391,8 +392,9 @@ class Engine:
             return {}, (f"reference {rname} is {g.shape[1]}x{g.shape[0]}x{g.shape[2]}, the result "
                         f"{o.shape[1]}x{o.shape[0]}x{o.shape[2]}: not compared")
         qo, qb, qg = (from_float(np.clip(a, 0, 1), depth) for a in (o, b, g))
-        y = task == "sr" and c == 3
-        kw = dict(crop_border=scale if task == "sr" else 0, test_y_channel=y, input_range=float(2**depth - 1),
+        t = get_task(task)
+        y = t.test_y and c == 3
+        kw = dict(crop_border=scale if t.scaled else 0, test_y_channel=y, input_range=float(2**depth - 1),
                   round_y=y and depth == 8)
         try:
             return {"psnr": float(psnr(qo, qg, **kw)), "ssim": float(ssim(qo, qg, **kw)),
