@@ -67,9 +67,10 @@ class RestorationModel(nn.Module):
 
     @property
     def min_input_size(self) -> int:
-        """Smallest input height/width accepted: circular padding must not exceed the
-        image, an unpadded Converse2d needs ``side >= k - 2 * padding``, and the blur-kernel
-        data step needs ``side >= blur_kernel_size``."""
+        """Smallest input height/width accepted: circular padding (of a Converse2d or a
+        Conv2d) must not exceed the image, an unpadded Converse2d needs
+        ``side >= k - 2 * padding``, and the blur-kernel data step needs
+        ``side >= blur_kernel_size``."""
         from ..nn import Converse2d
 
         need = int(self.blur_kernel_size or 1) if self.takes_kernel else 1
@@ -79,6 +80,13 @@ class RestorationModel(nn.Module):
                 if m.padding_mode == "circular":
                     need = max(need, pad)
                 need = max(need, k - 2 * pad)
+            elif isinstance(m, nn.Conv2d) and m.padding_mode == "circular":
+                # torch's circular padding may not wrap around more than once
+                if m.padding == "same":
+                    pad = max(-(-d * (k - 1) // 2) for d, k in zip(m.dilation, m.kernel_size))
+                else:
+                    pad = max(m.padding)
+                need = max(need, pad)
         return max(need, 1)
 
     def restore(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
