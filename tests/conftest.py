@@ -65,5 +65,5 @@ def package_weights(tmp_path, monkeypatch):
 
     add.folder = folder
     yield add
-    for n in added:
+    for n in set(added) & {w.name for w in W.list_weights()}:
         W.unregister_weights(n)

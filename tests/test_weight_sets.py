@@ -132,3 +132,21 @@ def test_info_lists_every_weight_set_and_where_it_is(tmp_path):
     hub = tmp_path / "torch" / "hub" / "checkpoints" / "conversenet"
     assert out.count(f"would download to {hub}") == len(AUTHORS)
     assert "found: " in out and "dncnn.pth (package)" in out
+
+
+def test_a_new_record_attaches_to_its_preset_and_loads(package_weights):
+    """How a weight set is added (issue #15's blind denoisers): one record; the registry
+    preset of the same network gets it, and create/restore find it."""
+    args = dict(model_info("converse_unet_blind_gray")["defaults"])
+    assert model_info("converse_unet_blind_gray")["weights"] is None
+    src = package_weights("converse_unet_blind_gray", "converse_unet", args, sigma=None)
+    assert model_info("converse_unet_blind_gray")["weights"] == "converse_unet_blind_gray"
+    got = create("converse_unet_blind_gray", pretrained="builtin")
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(src(x), got(x))
+    with pytest.raises(ValueError, match="taken by a model with other arguments"):
+        package_weights("converse_unet_blind_color", "converse_unet", {"in_channels": 1})
+    W.unregister_weights("converse_unet_blind_gray")
+    assert model_info("converse_unet_blind_gray")["weights"] is None  # the preset stays, without weights
+    assert "converse_unet_blind_gray" in list_models()

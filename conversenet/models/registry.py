@@ -94,19 +94,25 @@ def _add_preset(ws: _w.WeightSet) -> None:
             raise ValueError(f"weight set {ws.name}: a set named like its architecture cannot change its arguments")
         _REGISTRY[ws.name] = ModelEntry(arch.cls, arch.defaults, arch.doc, ws)
     elif ws.name in _REGISTRY and _REGISTRY[ws.name].weights is None:
-        raise ValueError(f"weight set {ws.name}: the name is taken by a model")
+        # an existing preset (e.g. converse_unet_blind_gray) gets its weights: same network only
+        e = _REGISTRY[ws.name]
+        if e.cls is not arch.cls or dict(e.defaults) != {**arch.defaults, **ws.args}:
+            raise ValueError(f"weight set {ws.name}: the name is taken by a model with other arguments")
+        _REGISTRY[ws.name] = ModelEntry(e.cls, e.defaults, e.doc, ws)
     else:
         _REGISTRY[ws.name] = ModelEntry(arch.cls, {**arch.defaults, **ws.args}, ws.describe(), ws)
 
 
 def _remove_preset(ws: _w.WeightSet) -> None:
-    if ws.name == ws.model:
-        e = _REGISTRY[ws.name]
+    e = _REGISTRY.get(ws.name)
+    if e is not None and (ws.name == ws.model or ws.name in _PRESETS_WITHOUT_WEIGHTS):
         _REGISTRY[ws.name] = ModelEntry(e.cls, e.defaults, e.doc, None)
     else:
         _REGISTRY.pop(ws.name, None)
 
 
+#: registry names that exist without a weight set (a record may later attach to them)
+_PRESETS_WITHOUT_WEIGHTS = frozenset(_REGISTRY)
 for _ws in _w.list_weights():
     _add_preset(_ws)
 _w._registry_hooks = (_add_preset, _remove_preset)  # records registered later get their name too
