@@ -132,8 +132,10 @@ def register_model(name: str, cls: Optional[type] = None, defaults: Optional[Dic
     Args:
         name: the registry name (letters, digits, ``_ . -``; no ``:``).
         cls: an ``nn.Module`` subclass with a class attribute ``task`` ("denoise", "sr" or
-            "deblur") and instance attributes ``in_channels``, ``scale``, ``needs_kernel``
-            like the package's models. Omitted: returns a decorator.
+            "deblur"); best a :class:`~conversenet.models.RestorationModel` like the
+            package's models. A plain module's ``in_channels``, ``scale`` and
+            ``needs_kernel`` are read once by :func:`~conversenet.models.as_restoration_model`.
+            Omitted: returns a decorator.
         defaults: constructor arguments used unless overridden.
         doc: one line shown by ``conversenet info``.
         replace: allow replacing an earlier user registration of ``name`` (the package's
