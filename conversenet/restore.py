@@ -120,7 +120,7 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
     archs = None if model is None else {model, _architecture(model)}
     found = []
     for ws in W.list_weights(task=task, origin="package"):
-        if task == "deblur" and ws.takes_kernel == bool(blind):
+        if get_task(task).has_blind_mode and ws.takes_kernel == bool(blind):
             continue
         if archs is not None and not ({ws.name, ws.model} & archs):
             continue
@@ -139,7 +139,7 @@ def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None,
     if not p.is_file():
         raise RestoreError(f"weights file not found: {p}")
     try:
-        return load_weights(model, p, task=task, blind=blind if task == "deblur" else None,
+        return load_weights(model, p, task=task, blind=blind if task and get_task(task).has_blind_mode else None,
                             prefer=_default_name(task, blind) if task else None)
     except (WeightsError, ValueError, TypeError) as e:
         raise RestoreError(str(e)) from None
@@ -171,7 +171,7 @@ def _load_set(ws, asked: str, what: str) -> LoadedModel:
 def _load_builtin(task: str, model: Optional[str], blind: bool) -> LoadedModel:
     sets = builtin_weights(task, model, blind)
     if not sets:
-        what = f"model {model!r}" if model else f"task {task!r}" + (" (blind)" if task == "deblur" and blind else "")
+        what = f"model {model!r}" if model else f"task {task!r}" + (" (blind)" if blind and get_task(task).has_blind_mode else "")
         raise RestoreError(
             f"no built-in weights for {what}: this install has no matching weight set in conversenet/weights/ "
             "(they are produced by the project's training runs); use --weights official (the authors' "
@@ -241,7 +241,7 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
                           else " (authors' weights unavailable)")
     else:
         lm = load_weights_file(w, task, model, blind)
-    if task == "deblur" and lm.model.takes_kernel == bool(blind):
+    if get_task(task).has_blind_mode and lm.model.takes_kernel == bool(blind):
         want = "a blind model (e.g. conversenet)" if blind else "a non-blind model taking a kernel (e.g. converse_usrnet)"
         raise RestoreError(f"{lm.name} does not fit this deblurring mode: need {want}")
     lm.model.to(resolve_device(device) if isinstance(device, str) else device)

@@ -124,6 +124,11 @@ class Task:
     describe: Callable[[Protocol], str]
 
     @property
+    def has_blind_mode(self) -> bool:
+        """The task has a blind and a non-blind (kernel-taking) network (deblurring)."""
+        return "blind" in self.defaults
+
+    @property
     def options(self) -> Tuple[str, ...]:
         """The command-line options that apply: ``sigma`` (noise), ``scale``, ``kernel``."""
         return tuple(o for o, on in (("sigma", self.eval_sigma > 0), ("scale", self.scaled),

@@ -341,10 +341,11 @@ def _fits(net: nn.Module, state: Dict[str, Any]) -> bool:
 
 
 def _candidates_for(task: Optional[str], blind: Optional[bool]) -> List[str]:
-    """Registry names of ``task``; for deblurring, blind (no kernel input) and non-blind
-    models are not interchangeable, so only those of the mode asked for."""
+    """Registry names of ``task``; with ``blind`` given (a task with a blind mode, i.e.
+    deblurring), blind (no kernel input) and non-blind models are not interchangeable, so
+    only those of the mode asked for."""
     names = list_models(task)
-    if task == "deblur" and blind is not None:
+    if blind is not None:
         names = [n for n in names if model_info(n)["takes_kernel"] != bool(blind)]
     return names
 

@@ -224,7 +224,7 @@ class Engine:
                 lm = R.load_weights_file(weights_file, task, model, blind)
             except (R.RestoreError, ValueError) as e:
                 raise WebError(f"weights file {name}: {_scrub(e, weights_file, name)}") from None
-            if task == "deblur" and lm.model.takes_kernel == bool(blind):
+            if get_task(task).has_blind_mode and lm.model.takes_kernel == bool(blind):
                 want = "a blind model (conversenet)" if blind else "a model taking a kernel (converse_usrnet)"
                 raise WebError(f"weights file {name} holds {lm.name}, which does not fit this deblurring mode: need {want}")
             lm.model.to(self.device)
