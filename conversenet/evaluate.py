@@ -48,7 +48,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -60,18 +60,17 @@ from .data import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     KernelError,
-    add_awgn_np,
     from_float,
     gray_to_rgb,
-    imresize,
     load_kernel,
     modcrop,
     read_image,
     to_image,
     to_tensor,
-    usrnet_degrade_np,
 )
 from .metrics import psnr, ssim
+from .models.base import as_restoration_model
+from .tasks import TASKS, Protocol, get_task
 
 __all__ = [
     "EvalError",
@@ -85,7 +84,7 @@ __all__ = [
     "list_images",
     "load_images",
     "degrade",
-    "restore",
+    "restore_lq",
     "measure",
     "model_min_side",
     "check_image_size",
@@ -100,59 +99,12 @@ __all__ = [
 DATASETS = ("set12", "bsd68", "cbsd68", "set5", "set14", "bsd100")
 #: Kernel names resolved to ``<data root>/kernels/<name>.npy``.
 KERNEL_NAMES = tuple(f"kernel_{i}" for i in range(1, 6))
-#: Table 7 noise level (0..255 units) and crop multiple.
-DEBLUR_SIGMA = 2.55
-DEBLUR_MULTIPLE = 8
 #: SSIM's window: the measured region must be at least this large.
 _SSIM_MIN = 11
 
 
 class EvalError(ValueError):
     """A user error in an evaluation request (missing dataset, unusable image or kernel...)."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """What is done to each image and how it is measured.
-
-    Attributes:
-        task: "denoise", "sr" or "deblur".
-        sigma: noise standard deviation in 0..255 units (0 for SR).
-        scale: SR factor (1 otherwise).
-        crop_border: pixels removed from each side before measuring.
-        test_y: also report PSNR/SSIM on the Y channel (SR).
-        round_y: Y rounded to integers (MATLAB ``rgb2ycbcr`` on uint8).
-        kernel_name: the blur kernel's name or file (deblur), else "".
-        kernel: (k, k) float64 blur kernel (deblur), else None.
-        multiple: the ground truth is cropped to a multiple of this (1 = no crop).
-        seed: numpy seed reset before every image's noise.
-    """
-
-    task: str
-    sigma: float = 0.0
-    scale: int = 1
-    crop_border: int = 0
-    test_y: bool = False
-    round_y: bool = True
-    kernel_name: str = ""
-    kernel: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
-    multiple: int = 1
-    seed: int = 0
-
-    def describe(self) -> str:
-        """One line for logs and reports."""
-        if self.task == "denoise":
-            return f"denoise: AWGN sigma={self.sigma:g} (numpy seed {self.seed} per image), uint8 metrics, no border"
-        if self.task == "sr":
-            return (f"sr x{self.scale}: modcrop {self.multiple}, MATLAB bicubic 1/{self.scale} (antialiasing), "
-                    f"metrics border {self.crop_border}, RGB and Y (Y {'rounded' if self.round_y else 'unrounded'})")
-        return (f"deblur: modcrop {self.multiple}, wrap blur with {self.kernel_name}, AWGN sigma={self.sigma:g} "
-                f"(seed {self.seed}), RGB metrics border {self.crop_border}")
-
-    def to_dict(self) -> Dict:
-        d = asdict(self)
-        d.pop("kernel")
-        return d
 
 
 @dataclass
@@ -173,11 +125,10 @@ class EvalResult:
 # resolving names
 # --------------------------------------------------------------------------------------
 def _data_root(data_root) -> Optional[Path]:
-    if data_root is not None:
-        return Path(data_root)
+    """``data_root`` when given, else the one data-path lookup, :func:`conversenet.paths.data_root`."""
     from .paths import data_root as _dr
 
-    return _dr()
+    return Path(data_root) if data_root is not None else _dr()
 
 
 def resolve_dataset(spec: Union[str, os.PathLike], data_root=None) -> Path:
@@ -221,17 +172,6 @@ def resolve_kernel(spec: Union[str, os.PathLike], data_root=None) -> Tuple[np.nd
         name = s.lower()
     if not path.is_file():
         raise EvalError(f"kernel {s!r} not found (give a file or one of {', '.join(KERNEL_NAMES)})")
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise EvalError(f"cannot read kernel file {str(path)!r}: {e}") from e
-        if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "uif" or not np.all(np.isfinite(arr)):
-            raise EvalError(f"kernel file {str(path)!r} must hold a 2-D array of finite numbers, "
-                            f"got shape {arr.shape}, dtype {arr.dtype}")
-        if arr.sum() <= 0:
-            raise EvalError(f"kernel file {str(path)!r} sums to {arr.sum():g}; a blur kernel must sum to 1")
-        return arr.astype(np.float64), name
     try:
         return load_kernel(path, normalize=False), name
     except KernelError as e:
@@ -299,55 +239,39 @@ def protocol_for(model, sigma: Optional[float] = None, scale: Optional[int] = No
     Raises:
         EvalError: options that do not fit the task.
     """
-    task = getattr(model, "task", None)
-    mscale = int(getattr(model, "scale", 1))
+    model = as_restoration_model(model)
+    mscale = int(model.scale)
     if sigma is not None and (not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0):
         raise EvalError(f"sigma must be a finite number >= 0, got {sigma!r}")
-    if task == "denoise":
-        if scale not in (None, 1):
-            raise EvalError(f"--scale does not apply to a denoising model (got {scale})")
-        if kernel is not None:
-            raise EvalError("--kernel does not apply to a denoising model")
-        return Protocol("denoise", sigma=25.0 if sigma is None else float(sigma))
-    if task == "sr":
-        if sigma not in (None, 0):
-            raise EvalError(f"the SR protocol (bicubic x{mscale}) adds no noise; --sigma {sigma} does not apply")
-        if kernel is not None:
-            raise EvalError("--kernel does not apply to the bicubic SR protocol")
-        if scale is not None and int(scale) != mscale:
-            raise EvalError(f"--scale {scale} does not match the model's scale x{mscale}")
-        return Protocol("sr", scale=mscale, crop_border=mscale, test_y=True, round_y=round_y, multiple=mscale)
-    if task == "deblur":
-        if scale not in (None, 1) or mscale != 1:
-            raise EvalError(f"the deblurring protocol (Table 7) is for scale 1 (got {scale or mscale})")
-        if kernel is None:
-            raise EvalError("a deblurring model needs --kernel (a file or one of kernel_1..kernel_5)")
-        k = np.asarray(kernel, dtype=np.float64)
-        if k.ndim != 2:
-            raise EvalError(f"kernel must be 2-D, got shape {k.shape}")
-        ks = getattr(model, "blur_kernel_size", None)
-        if getattr(model, "needs_kernel", False) and ks is not None and k.shape != (ks, ks):
-            raise EvalError(f"kernel {kernel_name or ''} has shape {k.shape[0]}x{k.shape[1]}, "
-                            f"but the model takes {ks}x{ks} kernels".replace("kernel  ", "kernel "))
-        return Protocol("deblur", sigma=DEBLUR_SIGMA if sigma is None else float(sigma), crop_border=1,
-                        kernel_name=kernel_name or f"{k.shape[0]}x{k.shape[1]} kernel", kernel=k,
-                        multiple=DEBLUR_MULTIPLE)
-    raise EvalError(f"model has no known task (task={task!r}); expected denoise, sr or deblur")
+    if model.task not in TASKS:
+        raise EvalError(f"model has no known task (task={model.task!r}); expected denoise, sr or deblur")
+    t = get_task(model.task)
+    if "sigma" not in t.options and sigma not in (None, 0):
+        raise EvalError(f"the {t.title} protocol adds no noise; --sigma {sigma} does not apply")
+    if "kernel" not in t.options and kernel is not None:
+        raise EvalError(f"--kernel does not apply to the {t.title} protocol")
+    if not t.scaled and (scale not in (None, 1) or mscale != 1):
+        raise EvalError(f"the {t.title} protocol is for scale 1 (got {scale or mscale})")
+    if t.scaled and scale is not None and int(scale) != mscale:
+        raise EvalError(f"--scale {scale} does not match the model's scale x{mscale}")
+    if not t.uses_kernel:
+        return t.protocol(sigma=sigma, scale=mscale, round_y=round_y)
+    if kernel is None:
+        raise EvalError(f"a {t.title} model needs --kernel (a file or one of kernel_1..kernel_5)")
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2:
+        raise EvalError(f"kernel must be 2-D, got shape {k.shape}")
+    ks = model.blur_kernel_size
+    if model.takes_kernel and ks is not None and k.shape != (ks, ks):
+        raise EvalError(f"kernel {kernel_name or ''} has shape {k.shape[0]}x{k.shape[1]}, "
+                        f"but the model takes {ks}x{ks} kernels".replace("kernel  ", "kernel "))
+    return t.protocol(sigma=sigma, kernel=k, kernel_name=kernel_name or f"{k.shape[0]}x{k.shape[1]} kernel")
 
 
 def model_min_side(model) -> int:
-    """Smallest input height/width the model accepts (circular padding must not exceed the
-    image; an unpadded Converse2d and the blur-kernel data step need side >= kernel)."""
-    need = int(getattr(model, "blur_kernel_size", 1) or 1)
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        pad, mode = getattr(m, "padding", None), getattr(m, "padding_mode", None)
-        if type(m).__name__ == "Converse2d" and isinstance(pad, int) and isinstance(w, torch.Tensor):
-            k = int(w.shape[-1])
-            if mode == "circular":
-                need = max(need, pad)
-            need = max(need, k - 2 * pad)
-    return max(need, 1)
+    """Smallest input height/width the model accepts
+    (:attr:`~conversenet.models.RestorationModel.min_input_size`)."""
+    return as_restoration_model(model).min_input_size
 
 
 def check_image_size(name: str, shape: Tuple[int, ...], protocol: Protocol, min_side: int) -> None:
@@ -383,29 +307,24 @@ def degrade(gt: np.ndarray, protocol: Protocol) -> Tuple[np.ndarray, np.ndarray]
     """
     if not isinstance(gt, np.ndarray) or gt.dtype != np.uint8 or gt.ndim != 3:
         raise TypeError(f"gt must be a uint8 (H, W, C) array, got {getattr(gt, 'dtype', type(gt).__name__)}")
+    task = get_task(protocol.task)
     if protocol.multiple > 1:
         gt = np.ascontiguousarray(modcrop(gt, protocol.multiple))
-    if protocol.task == "denoise":
-        lq = add_awgn_np((gt / 255.0).astype(np.float32), protocol.sigma, protocol.seed)
-    elif protocol.task == "sr":
-        lq = imresize((gt / 255.0).astype(np.float32), 1.0 / protocol.scale)
-    elif protocol.task == "deblur":
-        lq = usrnet_degrade_np(gt, protocol.kernel, 1, protocol.sigma, protocol.seed)
-    else:
-        raise ValueError(f"unknown task {protocol.task!r}")
-    return gt, lq
+    return gt, task.degrade(gt, protocol)
 
 
-@torch.no_grad()
-def restore(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu") -> np.ndarray:
-    """Runs ``model`` on the float (H, W, C) input; returns the clamped, rounded uint8 output."""
+def restore_lq(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """Runs ``model`` on the protocol's float (H, W, C) input through the one inference path
+    (:func:`conversenet.inference.run_model`, whole image: ``tile=0``); returns the clamped,
+    rounded uint8 output. Non-blind models receive the protocol's kernel."""
+    from .inference import run_model
+
+    model = as_restoration_model(model)
     x = to_tensor(lq, batch=True, device=device)
-    if getattr(model, "needs_kernel", False):
-        k = torch.from_numpy(np.ascontiguousarray(protocol.kernel)).float()[None, None].to(device)
-        y = model(x, k)
-    else:
-        y = model(x)
-    return to_image(y)
+    k = None
+    if model.takes_kernel:
+        k = torch.from_numpy(np.ascontiguousarray(protocol.kernel)).float()
+    return to_image(run_model(model, x, k, tile=0))
 
 
 def measure(out: np.ndarray, gt: np.ndarray, protocol: Protocol) -> Dict[str, float]:
@@ -464,7 +383,8 @@ def evaluate_arrays(
     """
     from tqdm import tqdm
 
-    min_side = model_min_side(model)
+    model = as_restoration_model(model)
+    min_side = model.min_input_size
     for name, gt in images:
         check_image_size(name, gt.shape, protocol, min_side)
     model.eval()
@@ -476,7 +396,7 @@ def evaluate_arrays(
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
             g, lq = degrade(gt, protocol)
-            out = restore(model, lq, protocol, device)
+            out = restore_lq(model, lq, protocol, device)
             dt = time.perf_counter() - t0
             row = {"image": name, **measure(out, g, protocol), "height": int(g.shape[0]),
                    "width": int(g.shape[1]), "time_s": round(dt, 3)}
@@ -513,7 +433,7 @@ def evaluate(
         if limit < 1:
             raise EvalError(f"limit must be >= 1, got {limit}")
         files = files[:limit]
-    images = load_images(files, int(getattr(model, "in_channels", 3)))
+    images = load_images(files, as_restoration_model(model).in_channels)
     kwargs.setdefault("protect", files)
     res = evaluate_arrays(model, images, protocol, **kwargs)
     res.meta.update({"dataset": str(dataset), "dataset_dir": str(folder)})

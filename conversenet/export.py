@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from ._atomic import atomic_open
 from .functional import export_mode
+from .models.base import as_restoration_model
 
 __all__ = [
     "ExportError",
@@ -76,20 +77,18 @@ def check_size(size: Sequence[int]) -> Tuple[int, int]:
 
 
 def _in_channels(model: nn.Module) -> int:
-    ch = getattr(model, "in_channels", None)
-    if ch is None:
-        ch = getattr(model, "channels", None)
-    if ch is None:
+    m = as_restoration_model(model)
+    if not m.declares_channels:
         raise ExportError(
             f"cannot tell the input channels of {type(model).__name__}: "
             "pass inputs=(tensor, ...) explicitly"
         )
-    return int(ch)
+    return int(m.in_channels)
 
 
 def input_names(model: nn.Module) -> List[str]:
     """``["x"]``, or ``["x", "kernel"]`` for models taking a blur kernel (non-blind deblurring)."""
-    return ["x", "kernel"] if getattr(model, "needs_kernel", False) else ["x"]
+    return ["x", "kernel"] if as_restoration_model(model).takes_kernel else ["x"]
 
 
 def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
@@ -103,7 +102,7 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
         size: (H, W) input pixels.
         batch: N.
         image: optional (H, W) or (H, W, C) array in [0, 1] used for every sample;
-            default: the package's generated sample scene (:func:`conversenet.restore.sample_image`),
+            default: the package's generated sample scene (:func:`conversenet.data.sample_image`),
             converted to grey for one-channel models (its channels repeated in turn for
             other channel counts).
         kernel: optional (k, k) blur kernel for models taking one (default: Gaussian,
@@ -118,7 +117,7 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
     c = _in_channels(model)
     generated = image is None
     if generated:
-        from .restore import sample_image
+        from .data import sample_image
 
         image = sample_image(max(h, w, 16))[:h, :w].astype(np.float32) / 255.0
     image = np.asarray(image, dtype=np.float32)
@@ -136,11 +135,12 @@ def example_inputs(model: nn.Module, size: Sequence[int], batch: int = 1,
         else:
             raise ValueError(f"image has {image.shape[2]} channels, the model takes {c}")
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].repeat(batch, 1, 1, 1)
-    if not getattr(model, "needs_kernel", False):
+    m = as_restoration_model(model)
+    if not m.takes_kernel:
         return (x,)
-    ks = int(model.blur_kernel_size)
+    ks = int(m.blur_kernel_size)
     if kernel is None:
-        from .restore import make_kernel
+        from .data import make_kernel
 
         kernel = make_kernel("gaussian:1.6", ks)
     k = torch.as_tensor(np.asarray(kernel, dtype=np.float32)).reshape(1, 1, ks, ks).repeat(batch, 1, 1, 1)

@@ -4,17 +4,24 @@ Converse2D is a global (FFT) operator, so a tile does not see the whole image an
 result differs from whole-image inference near tile borders. Overlapping tiles blended
 with a smooth window (each tile's weight falls off to nearly zero over ``overlap``
 pixels at its inner borders) keep that difference small; ``docs/RESTORE.md`` records how
-small on Set12.
+small on Set12. :func:`plan_tile` chooses the tile side from a memory estimate and a budget
+(:func:`conversenet.inference.run_model` supplies both).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional
+import numbers
+from typing import Callable, List, Optional, Union
 
 import torch
 
-__all__ = ["tiled_forward", "tile_starts", "auto_tile_size", "blend_window"]
+__all__ = ["tiled_forward", "tile_starts", "plan_tile", "blend_window", "DEFAULT_OVERLAP", "MIN_AUTO_TILE"]
+
+#: Overlap between tiles in input pixels (docs/RESTORE.md: <= 0.02 dB on Set12 at 192-px tiles).
+DEFAULT_OVERLAP = 32
+#: Smallest tile chosen automatically (input pixels).
+MIN_AUTO_TILE = 96
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
@@ -55,17 +62,55 @@ def blend_window(length: int, overlap: int, at_start: bool, at_end: bool,
     return w
 
 
-def auto_tile_size(h: int, w: int, bytes_per_pixel: float, budget_bytes: float,
-                   multiple: int = 8, minimum: int = 64) -> Optional[int]:
-    """Largest square tile (a multiple of ``multiple``) whose estimated memory fits the budget.
+def _balanced(size: int, tmax: int, overlap: int) -> int:
+    """Smallest tile <= tmax that covers ``size`` with as few tiles as tmax does."""
+    if tmax >= size:
+        return size
+    n = math.ceil((size - overlap) / (tmax - overlap))
+    return math.ceil((size - overlap) / n) + overlap
 
-    Returns None when the whole ``h x w`` image fits.
+
+def plan_tile(h: int, w: int, memory: Union[float, Callable[[int], float]], max_memory: int,
+              tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP) -> Optional[int]:
+    """Tile side (input pixels) for an ``h x w`` image, or None to run it whole.
+
+    ``memory``: bytes per pixel, or a function ``pixels -> bytes`` (:func:`estimate_memory`).
+    ``tile=None``: tile only when the whole image's estimate exceeds ``max_memory``, with the
+    largest square tile that fits; ``tile=0``: never; ``tile=T``: tiles of at most T. The
+    side is then shrunk to the smallest one needing no more tiles (less wasted overlap).
+
+    >>> plan_tile(512, 512, 1000.0, 2**30) is None
+    True
+    >>> plan_tile(512, 512, 1000.0, 2**30, tile=256, overlap=32)   # 3 x 3 tiles of 192
+    192
+    >>> plan_tile(4000, 3000, 1000.0, 2**28, overlap=32)   # 518 px fit -> 9 x 7 tiles of 473
+    473
     """
-    if h * w * bytes_per_pixel <= budget_bytes:
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 0):
+        raise ValueError(f"tile must be None, 0 or a positive integer, got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0:
+        raise ValueError(f"overlap must be an integer >= 0, got {overlap!r}")
+    mem = memory if callable(memory) else (lambda px, b=float(memory): b * px)
+    if tile == 0:
         return None
-    side = int(math.sqrt(budget_bytes / bytes_per_pixel))
-    side = max(minimum, side - side % multiple)
-    return side
+    if tile is None:
+        if mem(h * w) <= max_memory:
+            return None
+        lo, hi = 1, max(h, w)  # largest side whose square tile fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if mem(mid * mid) <= max_memory:
+                lo = mid
+            else:
+                hi = mid - 1
+        tmax = max(MIN_AUTO_TILE, lo, 2 * overlap + 1)
+    else:
+        tmax = int(tile)
+    if tmax >= h and tmax >= w:
+        return None
+    if overlap >= tmax:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tmax})")
+    return max(_balanced(h, tmax, overlap), _balanced(w, tmax, overlap))
 
 
 def tiled_forward(

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .inference import run_model
+from .models.base import as_restoration_model
+
 __all__ = ["converse_layers", "converse_maps", "prepare_input", "figure2"]
 
 
@@ -74,6 +77,7 @@ def prepare_input(model: nn.Module, img: np.ndarray, size: int = 96, sigma: floa
     """
     from .data import add_awgn_np, rgb_to_gray
 
+    model = as_restoration_model(model)
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] not in (1, 3) or img.dtype.kind != "f":
         raise ValueError(f"img must be a float (H, W, 1 or 3) array, got {getattr(img, 'dtype', type(img).__name__)} "
                          f"{getattr(img, 'shape', '')}")
@@ -90,10 +94,10 @@ def prepare_input(model: nn.Module, img: np.ndarray, size: int = 96, sigma: floa
         img = add_awgn_np(img, sigma, seed=seed)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
     kernel = None
-    if getattr(model, "needs_kernel", False):
-        from .restore import make_kernel
+    if model.takes_kernel:
+        from .data import make_kernel
 
-        k = make_kernel(f"gaussian:{kernel_sigma}", getattr(model, "blur_kernel_size", 7))
+        k = make_kernel(f"gaussian:{kernel_sigma}", model.blur_kernel_size)
         kernel = torch.from_numpy(k).float()[None, None]
     return x, kernel
 
@@ -129,8 +133,7 @@ def converse_maps(model: nn.Module, x: torch.Tensor, layer: Union[int, str, None
 
     h = mod.register_forward_hook(hook)
     try:
-        with torch.no_grad():
-            model(x) if kernel is None else model(x, kernel)
+        run_model(model, x, kernel, tile=0)  # the one inference path, whole image, no grad
     finally:
         h.remove()
     if "Y" not in got:

@@ -35,3 +35,35 @@ def official_dir():
         pytest.skip("official checkpoints not found: set CONVERSENET_WEIGHTS_DIR")
     os.environ.setdefault("CONVERSENET_WEIGHTS_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def package_weights(tmp_path, monkeypatch):
+    """An empty stand-in for the package's ``conversenet/weights`` folder, and
+    ``add(name, model, args)``: saves a freshly built ``model(**args)`` there and registers
+    a package weight set for it (removed again after the test). Returns the network."""
+    import hashlib
+
+    from conversenet.models import create
+    from conversenet.models import weights as W
+
+    folder = tmp_path / "package_weights"
+    folder.mkdir()
+    monkeypatch.setattr(W, "_package_weights", lambda: folder)
+    added = []
+
+    def add(name, model, args, sigma=None):
+        net = create(model, **args).eval()
+        f = folder / f"{name}.pth"
+        torch.save(net.state_dict(), f)
+        W.register_weights(W.WeightSet(
+            name=name, model=model, args=args, task=net.task, takes_kernel=net.takes_kernel,
+            channels=net.in_channels, scale=net.scale, sigma=sigma, file=f.name, origin="package",
+            sha256=hashlib.sha256(f.read_bytes()).hexdigest(), source="test"))
+        added.append(name)
+        return net
+
+    add.folder = folder
+    yield add
+    for n in set(added) & {w.name for w in W.list_weights()}:
+        W.unregister_weights(n)

@@ -176,20 +176,14 @@ def test_degrade_then_denoise_matches_evaluate(ckpts, tmp_path, capsys):
     assert res.dtype == np.float32 and res.min() >= 0 and res.max() <= 1
 
 
-def test_demo_needs_builtin_weights_and_works_once_they_exist(ckpts, tmp_path, monkeypatch, capsys):
-    import conversenet.restore as R
-
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    monkeypatch.setattr(R, "_package_weights_dir", lambda: folder)
+def test_demo_needs_builtin_weights_and_works_once_they_exist(package_weights, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out)]) == 2
     assert "no built-in weights" in capsys.readouterr().err
-    for f in ("converse_dncnn.pth", "converse_dncnn.json"):
-        (folder / f).write_bytes((ckpts / f).read_bytes())
+    package_weights("converse_dncnn_tiny", "converse_dncnn", TINY["converse_dncnn"])
     assert main(["demo", "-o", str(out), "--size", "64"]) == 0
     text = capsys.readouterr().out
-    assert "built-in weights converse_dncnn.pth" in text and "PSNR degraded" in text
+    assert "built-in weights converse_dncnn_tiny.pth" in text and "PSNR degraded" in text
     a, info = read_image(out / "demo_denoise.png")
     assert info.format == "PNG" and a.shape == (64, 3 * 64 + 2 * 4, 1)
 

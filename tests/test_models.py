@@ -38,6 +38,7 @@ SMALL = {
     "ConvNet": dict(width=8, num_blocks=1, iterations=2),
     "ConverseUSRNet": dict(width=8, num_blocks=1, iterations=2),
     "ConvUSRNet": dict(width=8, num_blocks=1, iterations=2),
+    "ConverseUNet": dict(widths=(8, 16), blocks=(1, 1)),
 }
 
 
@@ -320,25 +321,22 @@ def test_conv_usrnet_data_step_uses_prior_estimate():
     assert g.abs().max() < 1e-9
 
 
-def test_builtin_missing_is_clear(monkeypatch, tmp_path):
-    from conversenet.models import weights as w
-
-    monkeypatch.setattr(w, "_package_weights", lambda: tmp_path / "weights")
+def test_builtin_missing_is_clear(package_weights):
     with pytest.raises(WeightsError, match=r"no built-in weights for 'conv_dncnn'.*conversenet/weights/conv_dncnn.pth"):
         create("conv_dncnn", pretrained="builtin")
+    with pytest.raises(WeightsError, match=r"no file for weight set 'dncnn'.*conversenet/weights/dncnn.pth"):
+        create("dncnn", pretrained="builtin")  # the record exists, its file does not (in this stand-in folder)
 
 
-def test_builtin_found(monkeypatch, tmp_path):
-    from conversenet.models import weights as w
-
-    (tmp_path / "weights").mkdir()
-    src = create("conv_dncnn", width=8, num_blocks=1).eval()
-    torch.save(src.state_dict(), tmp_path / "weights" / "conv_dncnn.pth")
-    monkeypatch.setattr(w, "_package_weights", lambda: tmp_path / "weights")
-    got = create("conv_dncnn", pretrained="builtin", width=8, num_blocks=1)
+def test_builtin_found(package_weights):
+    src = package_weights("conv_dncnn_tiny", "conv_dncnn", {"width": 8, "num_blocks": 1})
+    got = create("conv_dncnn_tiny", pretrained="builtin")
+    same = create("conv_dncnn_tiny", pretrained=True)  # the weight set called so, whatever its origin
     x = torch.rand(1, 1, 9, 9)
     with torch.no_grad():
-        assert torch.equal(src(x), got(x))
+        assert torch.equal(src(x), got(x)) and torch.equal(src(x), same(x))
+    with pytest.raises(ValueError, match="no official weights for 'conv_dncnn_tiny'"):
+        create("conv_dncnn_tiny", pretrained="official")
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -256,29 +256,23 @@ def test_weights_without_sidecar_that_do_not_fit_are_explained(tmp_path):
         R.load_model("denoise", weights=str(tmp_path / "w.pth"), device="cpu")
 
 
-@pytest.fixture
-def builtin_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    monkeypatch.setattr(R, "_package_weights_dir", lambda: folder)
-    return folder
-
-
-def test_builtin_discovery_by_task(builtin_dir):
+def test_builtin_discovery_by_task(package_weights):
     assert R.builtin_weights("denoise") == []
     with pytest.raises(R.RestoreError, match="no built-in weights"):
         R.load_model("denoise", weights="builtin", device="cpu")
-    _tiny(builtin_dir, "converse_dncnn", "converse_dncnn", {"width": 4, "num_blocks": 1})
-    _tiny(builtin_dir, "deblur_blind", "conversenet", {"width": 4, "num_blocks": 1})
-    assert [p.name for p in R.builtin_weights("denoise")] == ["converse_dncnn.pth"]
+    package_weights("converse_dncnn_tiny", "converse_dncnn", {"width": 4, "num_blocks": 1})
+    package_weights("conversenet_tiny", "conversenet", {"width": 4, "num_blocks": 1})
+    assert [w.name for w in R.builtin_weights("denoise")] == ["converse_dncnn_tiny"]
     assert R.builtin_weights("sr") == []
-    assert [p.name for p in R.builtin_weights("deblur", blind=True)] == ["deblur_blind.pth"]
+    assert [w.name for w in R.builtin_weights("deblur", blind=True)] == ["conversenet_tiny"]
     assert R.builtin_weights("deblur", blind=False) == []
+    assert [w.name for w in R.builtin_weights("denoise", model="converse_dncnn")] == ["converse_dncnn_tiny"]
+    assert R.builtin_weights("denoise", model="dncnn") == []
     lm = R.load_model("denoise", weights="builtin", device="cpu")
-    assert "built-in" in lm.source and lm.name == "converse_dncnn"
+    assert "built-in" in lm.source and lm.name == "converse_dncnn_tiny" and lm.weights.origin == "package"
 
 
-def test_auto_falls_back_to_builtin_offline(builtin_dir, tmp_path, monkeypatch):
+def test_auto_falls_back_to_builtin_offline(package_weights, tmp_path, monkeypatch):
     import urllib.error
 
     from conversenet.models import weights as W
@@ -294,10 +288,10 @@ def test_auto_falls_back_to_builtin_offline(builtin_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(W, "_fetch", no_network)
     with pytest.raises(R.RestoreError, match="no weights found"):
         R.load_model("denoise", weights="auto", device="cpu")
-    _tiny(builtin_dir, "converse_dncnn", "converse_dncnn", {"width": 4, "num_blocks": 1})
+    package_weights("converse_dncnn_tiny", "converse_dncnn", {"width": 4, "num_blocks": 1})
     lines = []
     lm = R.load_model("denoise", weights="auto", device="cpu", log=lines.append)
-    assert lm.name == "converse_dncnn" and "authors' weights unavailable" in lines[0]
+    assert lm.name == "converse_dncnn_tiny" and "authors' weights unavailable" in lines[0]
 
 
 def test_auto_prefers_official(official_dir, monkeypatch):
@@ -324,7 +318,7 @@ def test_restore_equals_evaluate_protocol_with_official_weights(official_dir, da
     conversenet.evaluate produces (a 48 x 48 crop of Set12/01 keeps it fast)."""
     from conversenet.data import add_awgn_np, read_image, to_float
     from conversenet.evaluate import Protocol
-    from conversenet.evaluate import restore as eval_restore
+    from conversenet.evaluate import restore_lq as eval_restore
 
     monkeypatch.setenv("CONVERSENET_WEIGHTS_DIR", str(official_dir))
     gt, _ = read_image(data_root / "testsets" / "set12" / "01.png")

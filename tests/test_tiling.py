@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conversenet.tiling import auto_tile_size, blend_window, tile_starts, tiled_forward
+from conversenet.tiling import blend_window, plan_tile, tile_starts, tiled_forward
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(100, 32, 8), (33, 32, 4), (257, 64, 16), (10, 10, 0)])
@@ -49,7 +49,14 @@ def test_bad_arguments():
         tiled_forward(lambda t: t, x[0], tile=4)
 
 
-def test_auto_tile_size():
-    assert auto_tile_size(100, 100, 10.0, 1e6) is None
-    t = auto_tile_size(4000, 3000, 1000.0, 1e8)
-    assert t is not None and t * t * 1000 <= 1e8 and t % 8 == 0
+def test_plan_tile_fits_the_budget_with_fewest_tiles():
+    """plan_tile (the tile planner run_model uses) against a brute-force search."""
+    assert plan_tile(100, 100, 10.0, 1e6) is None  # the whole image fits
+    h, w, bpp, budget, ov = 4000, 3000, 1000.0, 1e8, 32
+    t = plan_tile(h, w, bpp, budget, overlap=ov)
+    largest = max(s for s in range(1, 5000) if s * s * bpp <= budget)
+    assert t <= largest
+    n = lambda size, side: len(tile_starts(size, side, ov))  # noqa: E731
+    best = n(h, largest) * n(w, largest)
+    assert n(h, t) * n(w, t) == best  # no more tiles than the largest fitting side needs
+    assert all(n(h, s) * n(w, s) > best for s in range(2 * ov + 1, t))  # and the smallest such side

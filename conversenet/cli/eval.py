@@ -64,42 +64,41 @@ def add_parser(sub) -> None:
 
 
 def _resolve_model_name(name: str, weights: str) -> str:
-    from ..models import list_models, model_info
+    """The registry name to build: with ``official`` weights, the authors' weight set for
+    ``name`` (itself, or the one for its architecture); for the authors' file under any name
+    (recognised by its SHA-256), the weight set it is."""
+    from ..models import list_models
+    from ..models import weights as W
 
     names = list_models()
     if name not in names:
         raise CLIError(f"unknown model {name!r}; valid names: {', '.join(names)}")
-    if weights == "official" and model_info(name)["official_file"] is None:
-        alt = f"{name}_official"
-        if alt in names:
-            return alt
-        have = [n for n in names if model_info(n)["official_file"]]
-        raise CLIError(f"no official weights for {name!r}; official weights exist for: {', '.join(have)}")
+    if weights == "official":
+        sets = W.weights_for(name, origin="authors")
+        if not sets:
+            have = [w.name for w in W.list_weights(origin="authors")]
+            raise CLIError(f"no official weights for {name!r}; official weights exist for: {', '.join(have)}")
+        return sets[0].name
     if weights not in ("official", "builtin", "auto") and weights.lower() != "none" and Path(weights).is_file():
-        # the authors' file under any name: recognised by its SHA-256, it needs their preset
-        from ..models.weights import official_file_of
-
-        official = official_file_of(weights)
-        preset = next((n for n in names if official and model_info(n)["official_file"] == official), None)
-        if preset is not None and name in (preset, preset.removesuffix("_official")):
-            return preset
+        ws = W.match_file(weights)
+        if ws is not None and name in (ws.name, ws.model):
+            return ws.name
     return name
 
 
 def _load_model(name: str, weights: str):
-    from ..models import WeightsError, create
-    from ..paths import default_official_weights_dir
+    from ..models import WeightsError, create, load_weights
 
     try:
         if weights == "official":
-            return create(name, pretrained="official", weights_path=default_official_weights_dir())
+            return create(name, pretrained="official")
         if weights.lower() == "none":
             return create(name).eval()
-        if weights == "builtin":  # conversenet/weights/<name>.pth shipped with the package
+        if weights == "builtin":  # the package's own weight set for this name
             return create(name, pretrained="builtin")
         if not Path(weights).is_file():
             raise CLIError(f"weights file {weights!r} does not exist")
-        return create(name, pretrained=weights)
+        return load_weights(name, weights).model
     except (WeightsError, ValueError) as e:
         raise CLIError(str(e).splitlines()[0]) from e
 
@@ -175,6 +174,7 @@ def _run_cells(args, state: dict, ctx) -> int:
 
     from .. import evaluate as ev
     from .._atomic import WriteError, check_writable_dir
+    from ..models import as_restoration_model
 
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
@@ -217,14 +217,14 @@ def _run_cells(args, state: dict, ctx) -> int:
             except WriteError as e:
                 raise CLIError(f"--out: {e}") from None
             if name not in models:
-                models[name] = _load_model(name, args.weights).to(device)
+                models[name] = as_restoration_model(_load_model(name, args.weights)).to(device)
             model = models[name]
             proto = ev.protocol_for(model, sigma=sigma, scale=args.scale, kernel=kernel, kernel_name=kname)
-            chans = int(getattr(model, "in_channels", 3))
+            chans = int(model.in_channels)
             if (dspec, chans) not in images_of:
                 images_of[(dspec, chans)] = ev.load_images(files, chans)
             images = images_of[(dspec, chans)]
-            min_side = ev.model_min_side(model)
+            min_side = model.min_input_size
             for iname, gt in images:
                 ev.check_image_size(iname, gt.shape, proto, min_side)
             cells.append(dict(name=name, model=model, dataset=dspec, folder=folder, files=files, images=images,

@@ -1,4 +1,5 @@
-"""``conversenet info``: versions, devices, and a quick self-check of Converse2D."""
+"""``conversenet info``: versions, devices, the weight sets and where each would be loaded
+from, and a quick self-check of Converse2D."""
 
 from __future__ import annotations
 
@@ -25,4 +26,17 @@ def run(args) -> int:
     xr = converse2d(y, k, lam=1e-6, scale=2)
     err = (conv_down(xr, k, scale=2) - y).abs().max().item()
     print(f"self-check: Converse2D(scale=2) re-degraded matches its input to {err:.1e} (max abs)")
+    _print_weights()
     return 0 if err < 1e-4 else 1
+
+
+def _print_weights() -> None:
+    """One line per weight set: what it is, and where it would be loaded from now
+    (found: path / would download: target / missing). Nothing is read or downloaded."""
+    from ..models import weights as W
+
+    sets = W.list_weights()
+    print(f"weight sets ({len(sets)}):")
+    for ws in sets:
+        print(f"  {ws.describe()}")
+        print(f"    {W.locate(ws).describe()}")

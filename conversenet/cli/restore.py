@@ -394,10 +394,10 @@ def side_by_side(*imgs, gap: int = 4):
 def _kernel_for(args, lm):
     from .. import restore as R
 
-    if not getattr(lm.model, "needs_kernel", False):
+    if not lm.model.takes_kernel:
         return None
     try:
-        return R.make_kernel(args.kernel, getattr(lm.model, "blur_kernel_size", 7))
+        return R.make_kernel(args.kernel, lm.model.blur_kernel_size)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
     except Exception as e:  # KernelError / ImportError from the loaders
@@ -488,7 +488,7 @@ def _run_files(args, ctx) -> int:
 
     from .. import batch as B
     from .. import restore as R
-    from ..evaluate import model_min_side
+    from ..tasks import get_task
 
     task = args.task
     device, tile, overlap, budget = _setup(args)
@@ -507,13 +507,13 @@ def _run_files(args, ctx) -> int:
     say = print if ctx.is_main else (lambda *a, **k: None)
     lm = _load(args, task, device, blind=getattr(args, "blind", False), log=say)
     net = lm.model
-    if task == "sr" and args.scale != net.scale:
+    if get_task(task).scaled and args.scale != net.scale:
         raise CLIError(f"--scale {args.scale}: the model {lm.name} upscales by {net.scale}")
     if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma and ctx.is_main:
         print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor",
               file=sys.stderr)
     kernel = _kernel_for(args, lm)
-    min_side = model_min_side(net)
+    min_side = net.min_input_size
     job.check = functools.partial(check_item, min_side=min_side)
     # what changes the files written: outputs made with other settings are not "complete"
     job.resume({"task": task, "model": lm.name, "weights": lm.source, "kernel": getattr(args, "kernel", None),
@@ -599,18 +599,14 @@ def _psnr_note(src: Path, out, task: str, net, gt_dir: Path, acc) -> str:
     """PSNR/SSIM of the rounded output vs the ground truth of the same stem, measured as
     :func:`conversenet.evaluate.measure` does for the task."""
     from ..data import from_float, gray_to_rgb, modcrop, read_image
-    from ..evaluate import Protocol, measure
+    from ..evaluate import measure
+    from ..tasks import get_task
 
     cands = [p for p in gt_dir.iterdir() if p.stem == src.stem and p.suffix.lower() != NPY]
     if not cands:
         return f"; no ground truth {src.stem}.* in {gt_dir}"
     gt, _ = read_image(cands[0])
-    if task == "sr":
-        proto = Protocol("sr", scale=net.scale, crop_border=net.scale, test_y=True, multiple=net.scale)
-    elif task == "deblur":
-        proto = Protocol("deblur", crop_border=1, multiple=8)
-    else:
-        proto = Protocol("denoise")
+    proto = get_task(task).protocol(scale=net.scale)  # only its crop multiple and metrics are used
     gt = modcrop(gt, proto.multiple) if proto.multiple > 1 else gt
     o8 = from_float(out, 8)
     if gt.shape[2] == 1 and o8.shape[2] == 3:
@@ -630,25 +626,22 @@ def _psnr_note(src: Path, out, task: str, net, gt_dir: Path, acc) -> str:
 def run_degrade(args) -> int:
     import numpy as np
 
-    from .. import restore as R
-    from ..data import from_float, read_image, write_image
-    from ..evaluate import Protocol, degrade
+    from ..data import from_float, make_kernel, read_image, write_image
+    from ..evaluate import degrade
+    from ..tasks import get_task
 
     if args.sigma is not None and not (args.sigma >= 0):
         raise CLIError(f"--sigma must be >= 0, got {args.sigma}")
     if args.scale < 1:
         raise CLIError(f"--scale must be >= 1, got {args.scale}")
-    if args.task == "denoise":
-        proto = Protocol("denoise", sigma=25.0 if args.sigma is None else args.sigma)
-    elif args.task == "sr":
-        proto = Protocol("sr", scale=args.scale, crop_border=args.scale, test_y=True, multiple=args.scale)
-    else:
+    t = get_task(args.task)
+    k = None
+    if t.uses_kernel:
         try:
-            k = R.make_kernel(args.kernel, 7)
+            k = make_kernel(args.kernel, 7)
         except Exception as e:
             raise CLIError(str(e)) from e
-        proto = Protocol("deblur", sigma=2.55 if args.sigma is None else args.sigma, crop_border=1,
-                         kernel_name=args.kernel, kernel=k, multiple=8)
+    proto = t.protocol(sigma=args.sigma, scale=args.scale, kernel=k, kernel_name=args.kernel if k is not None else "")
     problems: List[str] = []
     notes: List[str] = []
     items = collect_inputs(args.inputs, problems)
@@ -700,8 +693,9 @@ def run_demo(args) -> int:
     import numpy as np
 
     from .. import restore as R
-    from ..data import from_float, imresize, write_image
-    from ..evaluate import Protocol, degrade, measure
+    from ..data import from_float, imresize, make_kernel, write_image
+    from ..evaluate import degrade, measure
+    from ..tasks import get_task
 
     device, tile, overlap, budget = _setup(args)
     if args.size < 48:
@@ -709,26 +703,19 @@ def run_demo(args) -> int:
     task = args.task
     lm = _load(args, task, device, blind=False, log=print)
     net = lm.model
-    s = int(getattr(net, "scale", 1))
+    s = int(net.scale)
     size = args.size - args.size % (8 * s)
     scene = R.sample_image(size, seed=args.seed)
     if net.in_channels == 1:
         from ..data import rgb_to_gray
 
         scene = rgb_to_gray(scene)
-    if task == "denoise":
-        proto = Protocol("denoise", sigma=lm.sigma or 25.0, seed=args.seed)
-        what = f"Gaussian noise sigma={proto.sigma:g}"
-        kernel = None
-    elif task == "sr":
-        proto = Protocol("sr", scale=s, crop_border=s, test_y=True, multiple=s)
-        what = f"bicubic downscaling x{s}"
-        kernel = None
-    else:
-        kernel = R.make_kernel("gaussian:1.6", getattr(net, "blur_kernel_size", 7))
-        proto = Protocol("deblur", sigma=2.55, crop_border=1, kernel_name="gaussian:1.6", kernel=kernel,
-                         multiple=8, seed=args.seed)
-        what = "Gaussian blur (sigma 1.6) + noise 2.55"
+    t = get_task(task)
+    kernel = make_kernel("gaussian:1.6", net.blur_kernel_size or 7) if t.uses_kernel else None
+    proto = t.protocol(sigma=lm.sigma, scale=s, kernel=kernel,
+                       kernel_name="gaussian:1.6" if t.uses_kernel else "", seed=args.seed)
+    what = {"denoise": f"Gaussian noise sigma={proto.sigma:g}", "sr": f"bicubic downscaling x{s}",
+            "deblur": f"Gaussian blur (sigma 1.6) + noise {proto.sigma:g}"}[task]
     gt, lq = degrade(scene, proto)
     t0 = time.perf_counter()
     out = R.restore_array(lq, lm, kernel, tile=tile, overlap=overlap, max_memory=budget)

@@ -3,7 +3,9 @@
 Modules: :mod:`~conversenet.data.io` (read/write files, numpy <-> tensor),
 :mod:`~conversenet.data.imresize` (MATLAB ``imresize``, ``modcrop``),
 :mod:`~conversenet.data.degradations` (AWGN, circular blur, downsampling, USRNet pipeline),
-:mod:`~conversenet.data.kernels` (Gaussian/motion kernels, loading).
+:mod:`~conversenet.data.kernels` (Gaussian/motion kernels, loading, ``make_kernel`` specs),
+:mod:`~conversenet.data.convert` (numpy / PIL / tensor images <-> float (H, W, C)),
+:mod:`~conversenet.data.sample` (a generated sample scene).
 scipy is only imported when a ``.mat`` kernel is loaded.
 
 >>> from conversenet.data import read_image, imresize, add_awgn_np
@@ -35,7 +37,17 @@ from .io import (
     to_tensor,
     write_image,
 )
-from .kernels import KernelError, anisotropic_gaussian_kernel, check_kernel, gaussian_kernel, load_kernel, motion_kernel
+from .convert import from_float_hwc, to_float_hwc
+from .kernels import (
+    KernelError,
+    anisotropic_gaussian_kernel,
+    check_kernel,
+    gaussian_kernel,
+    load_kernel,
+    make_kernel,
+    motion_kernel,
+)
+from .sample import sample_image
 
 __all__ = [
     # io
@@ -48,4 +60,7 @@ __all__ = [
     "usrnet_degrade_np", "usrnet_degrade",
     # kernels
     "KernelError", "check_kernel", "gaussian_kernel", "anisotropic_gaussian_kernel", "motion_kernel", "load_kernel",
+    "make_kernel",
+    # any image kind <-> float (H, W, C); the generated sample scene
+    "to_float_hwc", "from_float_hwc", "sample_image",
 ]

@@ -25,6 +25,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from .io import IMAGE_EXTENSIONS
+
 __all__ = [
     "check_kernel",
     "gaussian_kernel",
@@ -179,9 +181,6 @@ def motion_kernel(
     return check_kernel(k)
 
 
-_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 def load_kernel(path: Union[str, os.PathLike], key: Optional[str] = None, index: int = 0, normalize: bool = True) -> np.ndarray:
     """Loads a 2-D blur kernel from ``.npy``, ``.mat`` or an image file; validated, sum 1.
 
@@ -233,7 +232,7 @@ def load_kernel(path: Union[str, os.PathLike], key: Optional[str] = None, index:
                 raise KernelError(f"index {index} out of range for the {flat.size} kernels in {str(p)!r}:{key}")
             arr = np.asarray(flat[index])
         name = f"kernel {key!r} in {str(p)!r}"
-    elif ext in _IMAGE_EXT:
+    elif ext in IMAGE_EXTENSIONS:
         from .io import ImageReadError, read_image, to_float
 
         try:
@@ -247,3 +246,42 @@ def load_kernel(path: Union[str, os.PathLike], key: Optional[str] = None, index:
     if arr.dtype.kind not in "uif":
         raise KernelError(f"{name} must be numeric, got dtype {arr.dtype}")
     return check_kernel(arr, normalize=normalize, name=name)
+
+
+def make_kernel(spec: Union[str, os.PathLike, np.ndarray], size: int = 7) -> np.ndarray:
+    """A (size, size) float64 blur kernel, sum 1, from a spec.
+
+    ``spec``: ``"gaussian:SIGMA"`` (isotropic Gaussian of that standard deviation in
+    pixels), a kernel file (.npy/.mat/image, :func:`load_kernel`) or an array. The one
+    kernel reader of the package: restore, the web page, ``degrade``, the demo, the
+    evaluation protocols (``normalize=False`` there) and training all use these functions. Odd kernels smaller than ``size`` are zero-padded around their centre; larger
+    ones are an error (the non-blind model was trained on ``size x size`` kernels).
+
+    >>> make_kernel("gaussian:1.6").shape
+    (7, 7)
+    >>> make_kernel(np.ones((3, 3)))[2:5, 2:5].round(3).tolist()[0]
+    [0.111, 0.111, 0.111]
+    """
+    if isinstance(spec, np.ndarray):
+        k = check_kernel(spec, name="kernel")
+    elif isinstance(spec, str) and spec.lower().startswith("gaussian:"):
+        try:
+            sigma = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"kernel must look like gaussian:SIGMA (e.g. gaussian:1.6), got {spec!r}") from None
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"kernel: the Gaussian sigma must be > 0, got {spec!r}")
+        k = gaussian_kernel(size, sigma)
+    elif isinstance(spec, (str, os.PathLike)):
+        k = load_kernel(spec)
+    else:
+        raise TypeError(f"kernel must be 'gaussian:SIGMA', a file path or an array, got {type(spec).__name__}")
+    kh, kw = k.shape
+    if kh > size or kw > size:
+        raise ValueError(f"kernel is {kh}x{kw}, larger than the {size}x{size} the model takes")
+    if (size - kh) % 2 or (size - kw) % 2:
+        raise ValueError(f"kernel is {kh}x{kw}; it can only be centred in {size}x{size} when both sides are odd")
+    out = np.zeros((size, size), np.float64)
+    t, l = (size - kh) // 2, (size - kw) // 2
+    out[t:t + kh, l:l + kw] = k
+    return out / out.sum()

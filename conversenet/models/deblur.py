@@ -15,6 +15,8 @@ import torch.nn as nn
 
 from ..functional import converse2d
 from ._common import BlockStack, block_stack, check_image, check_pos_int
+from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["ConverseNet", "ConvNet", "KernelNet", "KernelConverse", "ConverseUSRNet", "ConvUSRNet"]
 
@@ -36,7 +38,7 @@ def _check_kernel(kernel, n: int, size: int) -> torch.Tensor:
     return kernel
 
 
-class ConverseNet(nn.Module):
+class ConverseNet(RestorationModel):
     """ConverseNet for blind deblurring (Table 7), the released checkpoint's structure.
 
     ``conv1`` 1x1 in_channels -> C, then the stack ``p`` of ``num_blocks`` converse blocks
@@ -79,7 +81,6 @@ class ConverseNet(nn.Module):
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = 1
-        self.needs_kernel = False
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init, spatial=self.spatial)
         )
@@ -181,7 +182,7 @@ class KernelConverse(nn.Module):
         return converse2d(x, kernel, self.lam, scale, self.padding, self.padding_mode, self.x0)
 
 
-class ConverseUSRNet(nn.Module):
+class ConverseUSRNet(RestorationModel):
     """Converse-USRNet for non-blind deblurring (paper Fig. 3c), the released structure.
 
     ``KernelNet`` embeds the blur kernel into 16 x k x k; per iteration i a 1x1 conv
@@ -214,6 +215,7 @@ class ConverseUSRNet(nn.Module):
     """
 
     task = "deblur"
+    takes_kernel = True
 
     def __init__(
         self,
@@ -237,7 +239,6 @@ class ConverseUSRNet(nn.Module):
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = check_pos_int("scale", scale)
         self.blur_kernel_size = check_pos_int("blur_kernel_size", blur_kernel_size)
-        self.needs_kernel = True
         self.d = KernelConverse(width, data_eps)
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -282,7 +283,7 @@ class ImageDataStep(nn.Module):
         return converse2d(y, kernel, lam, scale, 0, self.padding_mode, "interp" if z is None else z)
 
 
-class ConvUSRNet(nn.Module):
+class ConvUSRNet(RestorationModel):
     """Conv-USRNet (Table 7, non-blind): USRNet's unrolled scheme with the data step on the
     image and a convolutional prior (our design; the paper gives no details).
 
@@ -306,6 +307,7 @@ class ConvUSRNet(nn.Module):
     """
 
     task = "deblur"
+    takes_kernel = True
 
     def __init__(
         self,
@@ -329,7 +331,6 @@ class ConvUSRNet(nn.Module):
         self.iterations = check_pos_int("iterations", iterations)
         self.scale = check_pos_int("scale", scale)
         self.blur_kernel_size = check_pos_int("blur_kernel_size", blur_kernel_size)
-        self.needs_kernel = True
         self.d = ImageDataStep(in_channels, iterations, data_eps)
         self.p = BlockStack(
             block_stack(num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -349,3 +350,31 @@ class ConvUSRNet(nn.Module):
             est = self.d(x, k, i, z, self.scale)
             z = est + self.conv2(self.p(self.conv1(est)))
         return z
+
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model {model} --weights official --dataset bsd100 --kernel {k} --device cuda"
+_LICENCE = "as published by the authors in github.com/cszn/ConverseNet (not redistributed here)"
+
+CONVERSE_USRNET_OFFICIAL = register_weights(WeightSet(
+    name="converse_usrnet_official", model="converse_usrnet", task="deblur", channels=3, takes_kernel=True,
+    file="converse_usrnet.pth", origin="authors", url=OFFICIAL_URL + "converse_usrnet.pth",
+    sha256="729529b8bc8cbda152d6b60734b01032b49c20fcb8b6da2fb33141d9c3378d82",
+    scores=tuple(Score(f"bsd100 {k}", {"psnr": p, "ssim": s}, _EVAL.format(model="converse_usrnet", k=k))
+                 for k, p, s in (("kernel_1", 32.46, 0.9115), ("kernel_2", 31.20, 0.8861), ("kernel_3", 38.40, 0.9732),
+                                 ("kernel_4", 32.21, 0.9047), ("kernel_5", 34.62, 0.9429))),
+    source="the paper's authors, released Converse-USRNet (non-blind: takes the 7x7 kernel), RGB, "
+           "noise 2.55 (docs/REPRODUCTION.md, Table 7)",
+    licence=_LICENCE,
+))
+
+CONVERSENET_OFFICIAL = register_weights(WeightSet(
+    name="conversenet_official", model="conversenet", task="deblur", channels=3,
+    file="conversenet.pth", origin="authors", url=OFFICIAL_URL + "conversenet.pth",
+    sha256="603cbb29075178410db9ab6166b247d2ddff32f349c59a7e1763c46feca270bd",
+    scores=tuple(Score(f"bsd100 {k}", {"psnr": p, "ssim": s}, _EVAL.format(model="conversenet", k=k))
+                 for k, p, s in (("kernel_1", 27.69, 0.8186), ("kernel_2", 24.42, 0.6767), ("kernel_3", 31.28, 0.9295),
+                                 ("kernel_4", 27.64, 0.8195), ("kernel_5", 27.32, 0.8320))),
+    source="the paper's authors, released ConverseNet (blind), RGB, noise 2.55 (docs/REPRODUCTION.md, Table 7)",
+    licence=_LICENCE,
+))

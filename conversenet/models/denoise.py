@@ -8,11 +8,13 @@ import torch
 import torch.nn as nn
 
 from ._common import block_stack, check_image, check_pos_int
+from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["ConverseDnCNN", "ConvDnCNN", "ConvTDnCNN", "DnCNN"]
 
 
-class ConverseDnCNN(nn.Module):
+class ConverseDnCNN(RestorationModel):
     """Converse-DnCNN (paper Fig. 3a): 1x1 conv, ``num_blocks`` converse blocks, 1x1 conv.
 
     The network outputs the clean image directly (no global skip), as the released
@@ -57,7 +59,6 @@ class ConverseDnCNN(nn.Module):
         super().__init__()
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.scale = 1
-        self.needs_kernel = False
         self.m_head = nn.Sequential(nn.Conv2d(in_channels, width, 1))
         self.m_body = block_stack(
             num_blocks, width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -104,7 +105,7 @@ class ConvTDnCNN(ConverseDnCNN):
     spatial = "convt"
 
 
-class DnCNN(nn.Module):
+class DnCNN(RestorationModel):
     """The original DnCNN (Zhang et al. 2017): ``depth`` 3x3 conv layers, residual learning.
 
     Layer 1: conv + ReLU; layers 2..depth-1: conv + BatchNorm + ReLU; last: conv. Every
@@ -141,7 +142,6 @@ class DnCNN(nn.Module):
         super().__init__()
         self.in_channels = check_pos_int("in_channels", in_channels)
         self.scale = 1
-        self.needs_kernel = False
         check_pos_int("width", width)
         check_pos_int("depth", depth, 2)
         layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
@@ -153,3 +153,35 @@ class DnCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.in_channels)
         return x - self.model(x)
+
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model {model} --weights {weights} --dataset {ds} --sigma 25"
+
+CONVERSE_DNCNN_OFFICIAL = register_weights(WeightSet(
+    name="converse_dncnn_official", model="converse_dncnn", args={"kernel_size": 7, "padding": 6},
+    task="denoise", channels=1, sigma=25.0, file="converse_dncnn.pth", origin="authors",
+    url=OFFICIAL_URL + "converse_dncnn.pth",
+    sha256="3b86c7f6e41a014448f923bc331232e1f45e2eae350dd7f9e18440803d283e89",
+    scores=(
+        Score("set12", {"psnr": 30.70, "ssim": 0.8683},
+              _EVAL.format(model="converse_dncnn", weights="official", ds="set12")),
+        Score("bsd68", {"psnr": 29.36, "ssim": 0.8330},
+              _EVAL.format(model="converse_dncnn", weights="official", ds="bsd68") + " --device cuda"),
+    ),
+    source="the paper's authors, released Converse-DnCNN (7x7 kernels, circular padding 6), "
+           "grey, Gaussian noise sigma=25 (docs/REPRODUCTION.md, Table 4)",
+    licence="as published by the authors in github.com/cszn/ConverseNet (not redistributed here)",
+))
+
+DNCNN_BUILTIN = register_weights(WeightSet(
+    name="dncnn", model="dncnn", task="denoise", channels=1, sigma=25.0, file="dncnn.pth", origin="package",
+    sha256="d31a0be77b09e23e4062bc507c51bd8b13c646c0e96238061bf184295899f26f",
+    scores=(
+        Score("set12", {"psnr": 30.01, "ssim": 0.8511}, _EVAL.format(model="dncnn", weights="builtin", ds="set12")),
+        Score("bsd68", {"psnr": 28.94, "ssim": 0.8192}, _EVAL.format(model="dncnn", weights="builtin", ds="bsd68")),
+    ),
+    source="trained by this project: benchmarks/gpu_train_builtin.sh, 10,500 iterations on grey "
+           "patches with sigma=25 noise (docs/TRAINING.md)",
+    licence="MIT (this package)",
+))

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from ..nn import Converse2d, ConverseBlock
 from ._common import block_stack, check_image, check_pos_int
+from .base import RestorationModel
+from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
 __all__ = ["SRResNet", "ConverseSRResNet", "ConvSRResNet", "ConvTSRResNet", "UPSAMPLERS"]
 
@@ -49,7 +51,7 @@ class _ResidualBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
-class SRResNet(nn.Module):
+class SRResNet(RestorationModel):
     """Modified SRResNet (MSRResNet) with a selectable upsampler (paper Table 6).
 
     ``conv_first`` 3x3 -> LeakyReLU(0.1) -> ``num_blocks`` residual blocks (conv-ReLU-conv,
@@ -113,7 +115,6 @@ class SRResNet(nn.Module):
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
         self.scale = scale
         self.upsampler = upsampler
-        self.needs_kernel = False
         self.conv_first = nn.Conv2d(in_channels, width, 3, padding=1)
         self.conv_body = nn.Sequential(*[_ResidualBlock(width) for _ in range(num_blocks)])
         stages = []
@@ -143,7 +144,7 @@ class SRResNet(nn.Module):
         return f + _bilinear_skip(x, self.scale)
 
 
-class ConverseSRResNet(nn.Module):
+class ConverseSRResNet(RestorationModel):
     """Converse-SRResNet (paper Fig. 3b), the structure of the released checkpoint.
 
     ``conv_first`` 1x1 -> GELU -> ``conv_body`` (``num_blocks`` converse blocks, 5x5,
@@ -195,7 +196,6 @@ class ConverseSRResNet(nn.Module):
         self.in_channels = check_pos_int("in_channels", in_channels)
         factors = _stage_factors(scale)
         self.scale = scale
-        self.needs_kernel = False
         common = dict(
             padding=padding, padding_mode=padding_mode, eps=eps, x0=x0,
             kernel_init=kernel_init, spatial=self.spatial,
@@ -274,3 +274,17 @@ class ConvTSRResNet(ConverseSRResNet):
 
     def _make_up(self, width, f, k, padding, padding_mode, eps, x0, kernel_init) -> nn.Module:
         return nn.ConvTranspose2d(width, width, f, stride=f, groups=width)
+
+
+# ------------------------------------------------------------------------ weight sets
+_EVAL = "conversenet eval --model converse_srresnet --weights official --dataset {ds} --scale 4"
+
+CONVERSE_SRRESNET_OFFICIAL = register_weights(WeightSet(
+    name="converse_srresnet_official", model="converse_srresnet", task="sr", channels=3, scale=4,
+    file="converse_srresnet.pth", origin="authors", url=OFFICIAL_URL + "converse_srresnet.pth",
+    sha256="ed75a697f1ebb9f9ad6a53b7875bb76098f23b48d87bf6f0b0dd8cde6df81d2f",
+    scores=tuple(Score(ds, {"psnr_y": p, "ssim_y": s}, _EVAL.format(ds=ds))
+                 for ds, p, s in (("set5", 32.25, 0.8956), ("set14", 28.72, 0.7837), ("bsd100", 27.62, 0.7367))),
+    source="the paper's authors, released Converse-SRResNet, RGB, bicubic x4 (docs/REPRODUCTION.md, Table 5)",
+    licence="as published by the authors in github.com/cszn/ConverseNet (not redistributed here)",
+))

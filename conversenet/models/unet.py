@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from ..nn import ConverseBlock, ConverseUpsample
 from ._common import check_image, check_pos_int
+from .base import RestorationModel
 
 __all__ = ["ConverseUNet"]
 
 
-class ConverseUNet(nn.Module):
+class ConverseUNet(RestorationModel):
     """U-Net of converse blocks that predicts the clean image (global residual).
 
     ``head`` (3x3 conv, in -> widths[0]); per level ``l < L``: ``blocks[l]`` converse blocks
@@ -54,6 +55,11 @@ class ConverseUNet(nn.Module):
 
     task = "denoise"
 
+    @property
+    def min_input_size(self) -> int:
+        """1: the input is padded inside to a size every level accepts."""
+        return 1
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -71,7 +77,6 @@ class ConverseUNet(nn.Module):
             raise ValueError(f"widths and blocks must be non-empty and of equal length, got "
                              f"{len(widths)} and {len(blocks)}")
         self.scale = 1
-        self.needs_kernel = False
         self.levels = len(widths) - 1
         self.padding = int(padding)
 

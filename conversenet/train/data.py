@@ -33,6 +33,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .. import paths
+from ..data import IMAGE_EXTENSIONS
+from ..tasks import get_task
 from . import _ops
 
 __all__ = [
@@ -40,7 +42,8 @@ __all__ = [
     "TrainPatches", "ValImages", "IterationBatchSampler",
 ]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: The one list of image extensions (:data:`conversenet.data.IMAGE_EXTENSIONS`).
+IMAGE_EXTS = tuple(IMAGE_EXTENSIONS)
 
 
 def resolve_folder(name: str, what: str) -> Path:
@@ -149,7 +152,7 @@ class TrainPatches(Dataset):
         if self.skipped:
             warnings.warn(f"data.train: {self.skipped} of {len(files)} images in {folder} are smaller than "
                           f"data.patch_size {patch_size} and are not used", stacklevel=2)
-        if task == "sr" and patch_size % deg.scale:
+        if get_task(task).scaled and patch_size % deg.scale:
             raise ValueError(f"data.patch_size ({patch_size}) must be a multiple of degradation.scale ({deg.scale})")
         self.degrade = _Degrader(task, deg, channels)
         self.channels, self.patch, self.seed = channels, patch_size, seed
@@ -214,11 +217,8 @@ class ValImages(Dataset):
                 c = min(self.crop, H, W)
                 t, l = (H - c) // 2, (W - c) // 2
                 img = img[:, t:t + c, l:l + c]
-            if self.task == "sr":
-                s = self.deg.scale
-                img = img[:, : img.shape[-2] // s * s, : img.shape[-1] // s * s]
-            elif self.task == "deblur":
-                img = img[:, : img.shape[-2] // 8 * 8, : img.shape[-1] // 8 * 8]
+            m = get_task(self.task).protocol(scale=self.deg.scale).multiple  # as the published protocol crops
+            img = img[:, : img.shape[-2] // m * m, : img.shape[-1] // m * m]
             g = sample_generator(self.seed, k, stream=2)
             self._cache[k] = self.degrade(img.contiguous(), g, train=False, kernel=self.kernel)
         return self._cache[k]

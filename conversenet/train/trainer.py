@@ -54,6 +54,9 @@ from torch.utils.data import DataLoader
 
 from . import _ops
 from .._atomic import WriteError, atomic_open, check_writable_dir, file_mode
+from ..inference import run_model
+from ..models.base import as_restoration_model
+from ..tasks import get_task
 from .checkpoint import FORMAT as CKPT_FORMAT
 from .checkpoint import VERSION as CKPT_VERSION
 from .checkpoint import CheckpointError, load_checkpoint, plain_state_dict, rng_state, save_atomic, set_rng_state, write_text_atomic
@@ -84,19 +87,16 @@ def build_model(cfg: Config) -> nn.Module:
         raise ConfigError(f"model.args: {name} rejected {args}: {e}") from None
     except WeightsError as e:
         raise ConfigError(f"model.args: {e}") from None
-    task = getattr(model, "task", None)
+    task = as_restoration_model(model).task
     if task not in ("denoise", "sr", "deblur"):
         raise ConfigError(f"model.name: {name} has no valid 'task' attribute (got {task!r})")
     return model
 
 
 def model_info(model: nn.Module) -> Dict[str, Any]:
-    return {
-        "task": model.task,
-        "in_channels": int(getattr(model, "in_channels", 3)),
-        "scale": int(getattr(model, "scale", 1) or 1),
-        "needs_kernel": bool(getattr(model, "needs_kernel", False)),
-    }
+    m = as_restoration_model(model)
+    return {"task": m.task, "in_channels": int(m.in_channels), "scale": int(m.scale),
+            "needs_kernel": bool(m.takes_kernel)}
 
 
 # --------------------------------------------------------------------------- EMA
@@ -229,8 +229,10 @@ class Trainer:
 
         self.model = build_model(cfg).to(self.device)
         self.info = model_info(self.model)
+        # the model contract of the trained network (a user's module: wrapped once, here)
+        self.contract = as_restoration_model(self.model)
         task = self.info["task"]
-        if task == "sr" and self.info["scale"] != cfg.degradation.scale:
+        if get_task(task).scaled and self.info["scale"] != cfg.degradation.scale:
             raise ConfigError(f"degradation.scale: {cfg.degradation.scale} but the model upscales by "
                               f"{self.info['scale']}")
         self.net: nn.Module = self.model
@@ -250,7 +252,7 @@ class Trainer:
         self.val_set = None
         if cfg.data.val:
             kernel = None
-            if task == "deblur" and cfg.degradation.val_kernel:
+            if get_task(task).uses_kernel and cfg.degradation.val_kernel:
                 kernel = _ops.load_kernel(_resolve_file(cfg.degradation.val_kernel, "degradation.val_kernel"))
             self.val_set = ValImages(resolve_folder(cfg.data.val, "data.val"), task, cfg.degradation, ch,
                                      cfg.data.val_images, cfg.data.val_crop, seed=0, kernel=kernel)
@@ -395,9 +397,8 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         lq = batch["lq"].to(self.device, non_blocking=True)
-        if self.info["needs_kernel"]:
-            return net(lq, batch["kernel"].to(self.device, non_blocking=True))
-        return net(lq)
+        k = batch["kernel"].to(self.device, non_blocking=True) if self.contract.takes_kernel else None
+        return net(*self.contract.inputs(lq, k))
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -411,8 +412,10 @@ class Trainer:
         vals = []
         for k in range(len(self.val_set)):
             s = self.val_set[k]
-            batch = {key: v.unsqueeze(0) for key, v in s.items()}
-            out = self._forward(model, batch)[0]
+            lq = s["lq"].unsqueeze(0).to(self.device)
+            kern = s["kernel"].unsqueeze(0).to(self.device) if self.contract.takes_kernel else None
+            # the one inference path (whole image: validation images are small)
+            out = run_model(model, lq, kern, tile=0)[0]
             vals.append(_ops.psnr(out, s["gt"], crop_border=border, y_channel=y))
         model.train(was_training)
         return float(sum(vals) / len(vals))

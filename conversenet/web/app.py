@@ -25,14 +25,15 @@ from typing import List, Optional
 
 import gradio as gr
 
+from ..data import IMAGE_EXTENSIONS
 from .engine import FROM_FILE, LAYER_WEIGHTS, TASKS, WEIGHTS, Engine, WebError, clean_uploads
 
 __all__ = ["build_app", "serve", "theme", "RESULT_MAX_AGE_S"]
 
 #: results older than this are deleted (checked every 10 minutes), as are all files on exit
 RESULT_MAX_AGE_S = 3600
-IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"]
-KERNEL_TYPES = [".npy", ".mat", ".png", ".tif", ".tiff", ".bmp"]
+IMAGE_TYPES = list(IMAGE_EXTENSIONS)  # the one list of image extensions
+KERNEL_TYPES = [".npy", ".mat", *IMAGE_EXTENSIONS]  # what conversenet.data.load_kernel reads
 WEIGHT_TYPES = [".pth", ".pt"]
 GROUP = "model"  # one concurrency group: one model run at a time for both tabs
 

@@ -37,6 +37,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..models.base import as_restoration_model
+from ..tasks import get_task
+
 __all__ = ["TASKS", "WEIGHTS", "LAYER_WEIGHTS", "FROM_FILE", "DEFAULT_MAX_PIXELS", "WebError", "RestoredImage",
            "RestoreReport", "Engine", "clean_uploads"]
 
@@ -221,7 +224,7 @@ class Engine:
                 lm = R.load_weights_file(weights_file, task, model, blind)
             except (R.RestoreError, ValueError) as e:
                 raise WebError(f"weights file {name}: {_scrub(e, weights_file, name)}") from None
-            if task == "deblur" and lm.model.needs_kernel == bool(blind):
+            if get_task(task).has_blind_mode and lm.model.takes_kernel == bool(blind):
                 want = "a blind model (conversenet)" if blind else "a model taking a kernel (converse_usrnet)"
                 raise WebError(f"weights file {name} holds {lm.name}, which does not fit this deblurring mode: need {want}")
             lm.model.to(self.device)
@@ -262,7 +265,6 @@ class Engine:
         """
         from .. import restore as R
         from ..data import KernelError, write_image, from_float
-        from ..evaluate import model_min_side
 
         t0 = time.perf_counter()
         files = [f for f in (files or []) if f]
@@ -303,26 +305,27 @@ class Engine:
         if not images:
             raise WebError("; ".join(errors))
         if model_override is not None:
-            lm = R.LoadedModel(model_override.eval().to(self.device), type(model_override).__name__, "module passed in", {})
+            over = as_restoration_model(model_override, tname)
+            lm = R.LoadedModel(over.eval().to(self.device), over.describe(), "module passed in", {})
         else:
             lm = self.load(tname, blind, weights, weights_file, model)
         net = lm.model
-        if getattr(net, "task", tname) != tname:
+        if net.task != tname:
             raise WebError(f"{lm.name} is a {net.task} network, not {tname}")
         kernel = None
-        if getattr(net, "needs_kernel", False):
+        if net.takes_kernel:
             if kspec is None:
                 raise WebError(f"{lm.name} needs a blur kernel: pick 'Deblur, Gaussian kernel' or 'Deblur, uploaded kernel'")
             try:
-                kernel = R.make_kernel(kspec, getattr(net, "blur_kernel_size", 7))
+                kernel = R.make_kernel(kspec, net.blur_kernel_size)
             except (KernelError, ValueError, TypeError, ImportError) as e:
                 raise WebError(f"kernel {kname}: {_scrub(e, kspec, kname)}") from None
         warnings = []
         if tname == "denoise" and lm.sigma is not None and float(sigma) != lm.sigma:
             warnings.append(f"{lm.name} was trained for noise level {lm.sigma:g}; results at {float(sigma):g} may be poor")
-        min_side = model_min_side(net)
+        min_side = net.min_input_size
         out_dir = self._new_result_dir("result-")
-        scale = int(getattr(net, "scale", 1))
+        scale = int(net.scale)
         done: List[RestoredImage] = []
         used = set()
         n = len(images)
@@ -389,8 +392,9 @@ class Engine:
             return {}, (f"reference {rname} is {g.shape[1]}x{g.shape[0]}x{g.shape[2]}, the result "
                         f"{o.shape[1]}x{o.shape[0]}x{o.shape[2]}: not compared")
         qo, qb, qg = (from_float(np.clip(a, 0, 1), depth) for a in (o, b, g))
-        y = task == "sr" and c == 3
-        kw = dict(crop_border=scale if task == "sr" else 0, test_y_channel=y, input_range=float(2**depth - 1),
+        t = get_task(task)
+        y = t.test_y and c == 3
+        kw = dict(crop_border=scale if t.scaled else 0, test_y_channel=y, input_range=float(2**depth - 1),
                   round_y=y and depth == 8)
         try:
             return {"psnr": float(psnr(qo, qg, **kw)), "ssim": float(ssim(qo, qg, **kw)),
@@ -406,7 +410,7 @@ class Engine:
         from ..models import registry
 
         names = [n for n in registry.list_models() if self.layers_of(n)]
-        return sorted(names, key=lambda n: (not n.endswith("_official"), n))
+        return sorted(names, key=lambda n: (registry.model_info(n)["official_file"] is None, n))
 
     def layers_of(self, model: str) -> List[str]:
         """Names of ``model``'s Converse2d layers (built once with random weights)."""
@@ -417,7 +421,7 @@ class Engine:
             if model not in registry.list_models():
                 raise WebError(f"unknown model {model!r}")
             net = registry.create(model)
-            self._layer_cache[model] = (V.converse_layers(net), bool(getattr(net, "needs_kernel", False)))
+            self._layer_cache[model] = (V.converse_layers(net), bool(as_restoration_model(net).takes_kernel))
         return self._layer_cache[model][0]
 
     def layer_figure(self, model: str, weights: str = "Official", layer: Optional[str] = None, image=None,
