@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -42,6 +43,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
+
+from . import _tuning
+from ._caches import BoundedCache
 
 __all__ = [
     "TASKS",
@@ -479,10 +483,11 @@ def make_kernel(spec: Union[str, os.PathLike, np.ndarray], size: int = 7) -> np.
 # --------------------------------------------------------------------------------------
 # memory estimate and tiling
 # --------------------------------------------------------------------------------------
-#: live activation tensors of the widest layer kept at once (measured: 7.4 for Converse-DnCNN,
-#: about 9 for Converse-SRResNet; docs/RESTORE.md), rounded up.
-_ACT_FACTOR = 10.0
-_SAFETY = 1.2
+#: live activations of the widest layer at once, and the safety factor (conversenet._tuning)
+_ACT_FACTOR = _tuning.TILE_ACTIVATIONS
+_SAFETY = _tuning.TILE_SAFETY
+#: estimate_bytes_per_pixel results, weakly keyed by the network (nothing is written on it)
+_BPP_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[float, List[float]]]" = weakref.WeakKeyDictionary()
 
 
 def _call(model: nn.Module, x: torch.Tensor, kernel: Optional[torch.Tensor]) -> torch.Tensor:
@@ -502,7 +507,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     Converse-SRResNet), and every eval-mode Converse2d layer may keep its spectral filter
     (complex, ~4 bytes per channel and output pixel) up to ``Converse2d.filter_cache_bytes``.
     Returns ``1.2 x 10 x 4 x widest`` bytes and one ``1.2 x 4 x size`` per Converse2d
-    layer (see :func:`estimate_memory`). Cached on the model.
+    layer (see :func:`estimate_memory`). Cached per model (weakly, see conversenet._caches).
 
     >>> from conversenet.models import create
     >>> net = create("converse_dncnn", width=8, num_blocks=1).eval()
@@ -510,7 +515,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     >>> round(act, 1), [round(s, 1) for s in spectra]
     (768.0, [76.8])
     """
-    cached = getattr(model, "_restore_bpp", None)
+    cached = _BPP_CACHE.get(model)
     if cached is not None:
         return cached
     from .nn import Converse2d
@@ -545,7 +550,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
             h.remove()
         model.train(was_training)
     res = (_SAFETY * 4.0 * _ACT_FACTOR * widest, spectra)
-    model._restore_bpp = res
+    _BPP_CACHE[model] = res
     return res
 
 
@@ -695,7 +700,7 @@ def restore_array(img: np.ndarray, lm: Union[LoadedModel, nn.Module], kernel=Non
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-_MODEL_CACHE: Dict[Tuple, LoadedModel] = {}
+_MODEL_CACHE: "BoundedCache[Tuple, LoadedModel]" = BoundedCache(lambda: _tuning.RESTORE_MODEL_CACHE_SIZE)
 
 
 def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] = None, weights: str = "auto",
@@ -739,7 +744,7 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         lm = _MODEL_CACHE.get(key)
         if lm is None:
             lm = load_model(task, model, weights, dev, blind, log=print if verbose else None)
-            _MODEL_CACHE[key] = lm
+            _MODEL_CACHE.put(key, lm)
     net = lm.model
     k = None
     if getattr(net, "needs_kernel", False):

@@ -441,7 +441,7 @@ def test_device_without_fft_gets_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(torch.fft, "rfft2", rfft2)
     # a fresh probe cache without "meta" (an earlier test may have probed it already)
-    monkeypatch.setattr(_fc, "_FFT_DEVICES", {d: ok for d, ok in _fc._FFT_DEVICES.items() if d != "meta"})
+    monkeypatch.setattr(_fc, "FFT_DEVICES", _fc._FftDevices())
     y = torch.randn(1, 2, 8, 8, device="meta")
     k = torch.ones(1, 2, 3, 3, device="meta")
     for _ in range(2):

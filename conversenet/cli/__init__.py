@@ -104,6 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()  # --threads holds for the command only (main() may run in-process)
     try:
         with stop_signals():
             rc = args.func(args)
@@ -118,4 +121,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"conversenet {args.command}: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); "
               "no partial files left", file=sys.stderr)
         return code
+    finally:
+        torch.set_num_threads(threads)
     return int(rc or 0)

@@ -32,12 +32,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import _tuning
 from . import _fft
 
 __all__ = ["converse_up"]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _phase_matrix(size: int, first: int, count: int, rows: int, device: torch.device,
                   cdtype: torch.dtype) -> torch.Tensor:
     """(rows, count) matrix ``exp(-2 pi i u (first + e) / size)``, phases reduced exactly."""
@@ -89,7 +90,7 @@ def _lag_sum(a: torch.Tensor, b: torch.Tensor, sign: int) -> torch.Tensor:
     return out.reshape(*lead, oh, ow)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _lag_index(ah: int, aw: int, bh: int, bw: int, sign: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         i = torch.arange(ah).reshape(ah, 1, 1, 1)

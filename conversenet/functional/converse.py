@@ -29,6 +29,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .. import _tuning
 from . import _fft, _matrix_dft, _solve_op, _upsolve
 
 __all__ = [
@@ -193,7 +194,7 @@ def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = Fal
     """
     kh, kw = weight.shape[-2:]
     m, n = size
-    if kh * kw <= _DFT_MAX_TAPS:
+    if kh * kw <= _tuning.DFT_MAX_TAPS:
         cdtype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
         em = _dft_matrix(m, kh, m, weight.device, cdtype)  # (M, kh)
         en = _dft_matrix(n, kw, n // 2 + 1 if onesided else n, weight.device, cdtype)  # (N', kw)
@@ -203,11 +204,7 @@ def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = Fal
     return torch.fft.rfft2(padded) if onesided else torch.fft.fft2(padded)
 
 
-# kernels with at most this many taps are transformed by DFT matrices, not FFTs
-_DFT_MAX_TAPS = 256
-
-
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _dft_matrix(size: int, k: int, rows: int, device: torch.device, cdtype: torch.dtype) -> torch.Tensor:
     """(rows, k) matrix ``exp(-2 pi i u (a - k//2) / size)``, u < rows, a < k.
 
@@ -254,7 +251,7 @@ def _tile_mul(a: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
     return prod.reshape(*prod.shape[:-3], sh, wh)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _wrap_index(n: int, w: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         return torch.arange(n, device=device) % w
@@ -474,12 +471,6 @@ def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
     return _fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), big)
 
 
-# without autograd, channels are solved in groups of about this many output elements, so
-# that the padded input, its spectrum and the FFT work space exist for one group at a time
-_CHUNK_ELEMS = 1 << 20
-_CHUNK_ELEMS_GPU = 1 << 28
-
-
 def _converse_chunked(
     y: torch.Tensor, k_or_g: torch.Tensor, lam: Optional[torch.Tensor], pads: Pads, mode: str,
     s: int, x0: str, size: Tuple[int, int],
@@ -492,7 +483,9 @@ def _converse_chunked(
     n, c, h, w = y.shape
     hp, wp = size
     # GPUs: one group (many small groups would be launch-bound; memory is plentiful there)
-    budget = _CHUNK_ELEMS if y.device.type == "cpu" else _CHUNK_ELEMS_GPU
+    # channel groups of about SOLVE_CHUNK_ELEMS output elements: the padded input, its
+    # spectrum and the FFT work space exist for one group at a time (conversenet._tuning)
+    budget = _tuning.SOLVE_CHUNK_ELEMS if y.device.type == "cpu" else _tuning.SOLVE_CHUNK_ELEMS_GPU
     step = max(1, budget // (n * s * s * hp * wp))
     threads = torch.get_num_threads()
     if y.device.type == "cpu" and step < c and step >= threads:  # whole FFT batches per thread
@@ -719,8 +712,25 @@ def _empty_result(y, k, lam, x0, filt, s) -> torch.Tensor:
     return out
 
 
-# device types whose torch.fft is known to work; others are probed once (see below)
-_FFT_DEVICES = {"cpu": True, "cuda": True}
+class _FftDevices:
+    """Whether torch.fft runs on a device type: cpu and cuda are known to, any other type is
+    probed once (listed in :mod:`conversenet._caches`; ``clear()`` forgets the probes)."""
+
+    _KNOWN = {"cpu": True, "cuda": True}
+
+    def __init__(self) -> None:
+        self.ok: dict = dict(self._KNOWN)
+        self.errors: dict = {}
+
+    def clear(self) -> None:
+        self.ok = dict(self._KNOWN)
+        self.errors = {}
+
+    def __len__(self) -> int:  # device types probed (the known ones are not a cache)
+        return sum(1 for k in self.ok if k not in self._KNOWN)
+
+
+FFT_DEVICES = _FftDevices()
 
 
 def check_fft_device(device: torch.device) -> None:
@@ -729,7 +739,8 @@ def check_fft_device(device: torch.device) -> None:
     CPU and CUDA are known to; any other device type is probed once with a tiny real FFT
     round trip, and the answer is cached per device type.
     """
-    ok = _FFT_DEVICES.get(device.type)
+    probes = FFT_DEVICES
+    ok = probes.ok.get(device.type)
     if ok is None:
         try:
             z = torch.fft.rfft2(torch.ones(2, 2, device=device))
@@ -737,17 +748,15 @@ def check_fft_device(device: torch.device) -> None:
             ok = True
         except Exception as e:  # any failure means: no usable FFT there
             ok = False
-            _FFT_ERRORS[device.type] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        _FFT_DEVICES[device.type] = ok
+            probes.errors[device.type] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        probes.ok[device.type] = ok
     if not ok:
         raise RuntimeError(
             f"converse2d needs torch.fft, which does not run on device '{device}' "
-            f"({_FFT_ERRORS.get(device.type, 'probe failed')}); move the input and the "
+            f"({probes.errors.get(device.type, 'probe failed')}); move the input and the "
             "layer to a device with FFT support (cpu or cuda)"
         )
 
-
-_FFT_ERRORS: dict = {}
 
 
 def _solve(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .. import _tuning
 from ..functional import converse as _fc
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
@@ -66,7 +68,7 @@ class Converse2d(nn.Module):
         torch.Size([2, 8, 32, 24])
     """
 
-    filter_cache_bytes: Optional[int] = 16 * 2**20
+    filter_cache_bytes: Optional[int] = _tuning.FILTER_CACHE_BYTES
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class Converse2d(nn.Module):
             self.weight.to(compute), self.lam.to(compute), size, self.scale, self.x0
         )
         self._cache = (key, g, self.weight.detach().clone(), self.bias.detach().clone())
+        FILTER_CACHES.add(self)
         return g
 
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -247,34 +250,74 @@ def _is_pointwise(conv: nn.Module, c: int) -> bool:
             and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
 
 
+class _FilterCaches:
+    """The Converse2d layers that hold an eval-mode filter (weakly: a layer's filter goes
+    with the layer). Listed in :mod:`conversenet._caches`; ``clear()`` drops every filter."""
+
+    def __init__(self) -> None:
+        self._layers: "weakref.WeakSet[Converse2d]" = weakref.WeakSet()
+
+    def add(self, layer: "Converse2d") -> None:
+        self._layers.add(layer)
+
+    def clear(self) -> None:
+        for layer in list(self._layers):
+            layer._cache = None
+        self._layers.clear()
+
+    def __len__(self) -> int:
+        return sum(1 for layer in list(self._layers) if layer._cache is not None)
+
+
+FILTER_CACHES = _FilterCaches()
+
+
+class _Buffers(dict):
+    """One thread's named buffers (a dict that can be referenced weakly)."""
+
+
 class _Workspace(threading.local):
     """Reusable CPU buffers of the no-grad block path, one set per thread, shared by all
     blocks (they run one after another). Fresh multi-megabyte tensors cost page faults on
     every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
     about as much as the matrix product that fills them. Only temporaries that never leave
-    a block live here."""
+    a block live here: at most one buffer per name ("hidden", "work", "residual") per
+    thread. Listed in :mod:`conversenet._caches`; ``clear()`` frees every thread's."""
+
+    # every thread's buffers by id, for clear(); an entry goes with its thread
+    _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
 
     def __init__(self) -> None:
-        self.bufs: dict = {}
+        self.bufs = _Buffers()
+        _Workspace._all[id(self.bufs)] = self.bufs
 
     def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         b = self.bufs.get(name)
         if b is None or b.shape != shape or b.dtype != like.dtype or b.device != like.device:
+            self.bufs.pop(name, None)  # the old one goes before the new one is allocated
             b = self.bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return b
 
+    def clear(self) -> None:
+        for bufs in list(_Workspace._all.values()):
+            bufs.clear()
+
+    def __len__(self) -> int:
+        return sum(len(bufs) for bufs in list(_Workspace._all.values()))
+
 
 _WORKSPACE = _Workspace()
-_WORKSPACE_MIN_ELEMS = 1 << 18  # smaller tensors come and go through the allocator as usual
 
 
 def clear_workspace() -> None:
-    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's)."""
+    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's;
+    ``conversenet.clear_caches()`` frees every thread's and every other cache)."""
     _WORKSPACE.bufs.clear()
 
 
 def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    if like.device.type != "cpu" or math.prod(shape) < _WORKSPACE_MIN_ELEMS:
+    # smaller tensors come and go through the allocator as usual (conversenet._tuning)
+    if like.device.type != "cpu" or math.prod(shape) < _tuning.WORKSPACE_MIN_ELEMS:
         return torch.empty(shape, dtype=like.dtype, device=like.device)  # GPUs cache blocks already
     return _WORKSPACE.get(name, shape, like)
 
@@ -410,6 +453,7 @@ class ConverseBlock(nn.Module):
     def _submodule_hooks(self) -> bool:
         """Hooks on the layers inside see their tensors; the fused path neither calls those
         layers one by one nor keeps their tensors intact (workspace, in-place GELU)."""
+        # torch has no public API that reads the global hooks (only one that adds them)
         from torch.nn.modules import module as _m
         if _m._global_forward_hooks or _m._global_forward_pre_hooks:
             return True
