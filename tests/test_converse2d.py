@@ -138,7 +138,7 @@ def test_agrees_with_paper_eq6(device, s, x0):
     y = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64)
     k = softmax_kernel(gen, 1, 3, 5, 5)
     lam = torch.tensor([1e-3, 1.33e-4, 0.3], dtype=torch.float64).reshape(1, 3, 1, 1)
-    ref = eq6(y, k, lam, s, x0)
+    ref = eq6(y, k, lam, s, x0=x0)
     out = converse2d(y.to(device), k.to(device), lam.to(device), s, 0, "circular", x0)
     assert _rel(out, ref) < 1e-9
 
