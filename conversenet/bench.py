@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from ._atomic import write_text_atomic
 from .functional import _fft
+from .checks import check_int
 from .functional.algorithm1 import algorithm1
 
 __all__ = [
@@ -810,10 +811,11 @@ def run_from_args(args) -> int:
     if bad or not rows:
         raise BenchError(f"--rows: unknown row(s) {bad or rows}; choose from {','.join(ROWS)} "
                          f"or {','.join(ROW_ALIASES)}")
-    if args.threads < 1:
-        raise BenchError(f"--threads must be >= 1, got {args.threads}")
-    if args.repeat < 1 or args.warmup < 1:
-        raise BenchError("--repeat and --warmup must be >= 1")
+    for flag in ("threads", "repeat", "warmup"):
+        try:
+            check_int(f"--{flag}", getattr(args, flag))
+        except ValueError as e:
+            raise BenchError(str(e)) from None
     try:
         dev = torch.device(args.device)
     except RuntimeError as e:

@@ -48,6 +48,17 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
+def check_flag(flag: str, value, minimum: int = 1) -> int:
+    """An integer option ``>= minimum`` (:func:`conversenet.checks.check_int`), its error
+    as a :class:`CLIError` naming the option ("--threads must be >= 1, got 0")."""
+    from ..checks import check_int
+
+    try:
+        return check_int(flag, value, minimum)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 class Terminated(KeyboardInterrupt):
     """Raised by the SIGTERM handler of :func:`stop_signals` (exit code 143).
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import _tuning
+from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
 from ..functional import converse as _fc
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
@@ -19,13 +20,6 @@ KERNEL_INITS = ("gaussian_softmax", "gaussian", "uniform")
 SPATIAL_OPS = ("converse", "conv", "convt")
 
 _IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(v: _IntPair, name: str) -> Tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t  # type: ignore[return-value]
 
 
 class Converse2d(nn.Module):
@@ -84,29 +78,17 @@ class Converse2d(nn.Module):
         fft_size: str = "exact",
     ) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        kh, kw = _pair(kernel_size, "kernel_size")
-        self.channels = channels
+        self.channels = check_positive_int("channels", channels)
+        kh, kw = check_int_tuple("kernel_size", kernel_size, 2)
         self.kernel_size = (kh, kw)
-        self.scale = _fc._check_int("scale", scale, 1)
-        self.padding = max(kh, kw) - 1 if padding is None else _fc._check_int("padding", padding, 0)
-        if padding_mode not in _fc.PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_fc.PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.eps = float(eps)
-        if x0 not in _fc.X0_MODES:
-            raise ValueError(f"x0 must be one of {_fc.X0_MODES}, got {x0!r}")
-        self.x0 = x0
-        if kernel_init not in KERNEL_INITS:
-            raise ValueError(f"kernel_init must be one of {KERNEL_INITS}, got {kernel_init!r}")
-        self.kernel_init = kernel_init
+        self.scale = check_int("scale", scale, 1)
+        self.padding = max(kh, kw) - 1 if padding is None else check_int("padding", padding, 0)
+        self.padding_mode = check_choice("padding_mode", padding_mode, _fc.PADDING_MODES)
+        self.eps = check_positive_number("eps", eps)
+        self.x0 = check_choice("x0", x0, _fc.X0_MODES)
+        self.kernel_init = check_choice("kernel_init", kernel_init, KERNEL_INITS)
         self.learn_kernel = learn_kernel
-        if fft_size not in _fc.FFT_SIZES:
-            raise ValueError(f"fft_size must be one of {_fc.FFT_SIZES}, got {fft_size!r}")
-        self.fft_size = fft_size
+        self.fft_size = check_choice("fft_size", fft_size, _fc.FFT_SIZES)
         if learn_kernel:
             self.weight = nn.Parameter(torch.empty(1, channels, kh, kw))
         else:
@@ -132,15 +114,9 @@ class Converse2d(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``.
-
-        Computed in at least float32 (the solve's precision) even for half-precision
-        parameters: in bfloat16, ``sigmoid(-9) + 1e-5`` would keep only 3 digits.
-        """
-        bias = self.bias
-        if bias.dtype in (torch.float16, torch.bfloat16):
-            bias = bias.float()
-        return torch.sigmoid(bias - 9.0) + self.eps
+        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``
+        (:func:`conversenet.checks.lam_from_bias`; at least float32)."""
+        return lam_from_bias(self.bias, self.eps)
 
     def _cached_filter(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         if self.training or torch.is_grad_enabled() or self.weight is None:
@@ -376,7 +352,8 @@ def _spatial_op(
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError("spatial='convt' needs odd kernel sizes to keep the feature size")
         return nn.ConvTranspose2d(channels, channels, kernel_size, padding=(kh // 2, kw // 2), groups=channels)
-    raise ValueError(f"spatial must be one of {SPATIAL_OPS}, got {kind!r}")
+    check_choice("spatial", kind, SPATIAL_OPS)
+    raise AssertionError(kind)  # unreachable: every choice is handled above
 
 
 class ConverseBlock(nn.Module):
@@ -414,7 +391,7 @@ class ConverseBlock(nn.Module):
         expansion: int = 2,
     ) -> None:
         super().__init__()
-        ks = _pair(kernel_size, "kernel_size")
+        ks = check_int_tuple("kernel_size", kernel_size, 2)
         hidden = channels * expansion
         self.conv1 = nn.Sequential(
             LayerNorm2d(channels),
