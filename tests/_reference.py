@@ -86,9 +86,19 @@ def dense_converse(y, kernel, lam, s, padding=0, padding_mode="circular", x0="in
 eq6 = algorithm1
 
 
-def softmax_kernel(gen: torch.Generator, b: int, c: int, kh: int, kw: int, dtype=torch.float64):
-    raw = torch.randn(b, c, kh * kw, generator=gen, dtype=dtype)
-    return torch.softmax(raw, -1).reshape(b, c, kh, kw)
+def softmax_kernel(gen: torch.Generator, b: int, c: int, *size: int, dtype=torch.float64):
+    """(b, c, *size) random kernels that are positive and sum to 1 (softmax of a Gaussian
+    sample), as Converse2d initialises them; size is (k,), (kh, kw) or (kd, kh, kw)."""
+    raw = torch.randn(b, c, math.prod(size), generator=gen, dtype=dtype)
+    return torch.softmax(raw, -1).reshape(b, c, *size)
+
+
+def psnr_ref(a: np.ndarray, b: np.ndarray, peak: float = 255.0, border: int = 0) -> float:
+    """PSNR in dB of two images in float64, optionally without ``border`` pixels per side."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if border:
+        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
+    return float(10 * math.log10(peak**2 / np.mean((a - b) ** 2)))
 
 
 def layernorm2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:

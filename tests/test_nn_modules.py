@@ -12,13 +12,7 @@ from conversenet.functional import converse2d
 from conversenet.nn import Converse2d, ConverseBlock, LayerNorm2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 # --------------------------------------------------------------------------------------
