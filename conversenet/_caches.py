@@ -1,88 +1,50 @@
-"""Every cache and workspace the package keeps: listed here, bounded, freed by one call.
+"""Every cache and workspace the package keeps: registered here, bounded, freed by one call.
 
-:func:`caches` lists them (name, what it holds, its bound, entries held now);
-:func:`clear_caches` (exported as ``conversenet.clear_caches()``) frees them all. Nothing
-else in the package keeps state across calls: no attributes are written onto a user's
-module, and no process-wide setting (thread count, malloc options, umask) is changed
-without being put back (``conversenet bench`` sets the thread count for its run only).
-
-The table names each cache by the module that owns it; a module that was never imported
-holds nothing, so it is not imported here just to be cleared. A new cache must be added to
-:data:`CACHES` (``tests/test_caches.py`` finds every ``functools.lru_cache`` of the package
-and fails on one missing here).
+:func:`caches` (``conversenet.caches()``) lists them (name, what it holds, its bound,
+entries held now); :func:`clear_caches` (``conversenet.clear_caches()``) frees them all.
+Each cache is registered by the module that defines it (:func:`register`, next to the
+definition): the Converse2d filters and the block workspace (``nn/converse.py``), the
+solver's DFT tables and FFT device probes (``functional/converse.py``), the split-FFT
+tables (``functional/_fft.py``), the FFT policy's decisions (``functional/_fft_policy.py``),
+the s > 1 solve's tables (``functional/_upsolve.py``), the export tables
+(``functional/_matrix_dft.py``) and the restore model cache and memory estimates
+(``restore.py``). Nothing else in the package keeps state across calls: no attributes are
+written onto a user's module, and no process-wide setting (thread count, malloc options,
+umask) is changed without being put back (``conversenet bench`` and the CLI set the thread
+count for their run only). ``tests/test_caches.py`` finds every ``functools.lru_cache`` of
+the package and fails on one not registered.
 """
 
 from __future__ import annotations
 
 import collections
-import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, Hashable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Hashable, List, Optional, Tuple, TypeVar
 
-__all__ = ["CACHES", "Cache", "caches", "clear_caches", "BoundedCache"]
+__all__ = ["CACHES", "Cache", "register", "caches", "clear_caches", "BoundedCache"]
 
 
 @dataclass(frozen=True)
 class Cache:
-    """One cache: ``target`` is an attribute of ``module`` with ``cache_clear()`` and
-    ``cache_info()`` (a ``functools.lru_cache``) or with ``clear()`` and ``__len__``."""
+    """One cache: each of ``objects`` is a ``functools.lru_cache`` function (``cache_clear()``,
+    ``cache_info()``) or an object with ``clear()`` and ``__len__``."""
 
     name: str
-    module: str
-    target: str
     holds: str
     bound: str
+    objects: Tuple[Any, ...]
 
 
-CACHES = (
-    Cache("converse2d-filters", "conversenet.nn.converse", "FILTER_CACHES",
-          "eval-mode spectral filter of each Converse2d layer (one per layer)",
-          "one per live layer, each <= Converse2d.filter_cache_bytes (16 MiB); freed with the layer"),
-    Cache("block-workspace", "conversenet.nn.converse", "_WORKSPACE",
-          "reused CPU buffers of the fused no-grad ConverseBlock path, per thread",
-          "3 buffers per thread, sized by the largest recent call; freed with the thread"),
-    Cache("dft-matrices", "conversenet.functional.converse", "_dft_matrix",
-          "kernel DFT matrices by (size, taps, rows, device, dtype)", "TABLE_CACHE_SIZE entries"),
-    Cache("wrap-indices", "conversenet.functional.converse", "_wrap_index",
-          "column indices of the tiled spectrum by (size, period, device)", "TABLE_CACHE_SIZE entries"),
-    Cache("fft-devices", "conversenet.functional.converse", "FFT_DEVICES",
-          "whether torch.fft runs on a device type (probed once per type)", "one per device type"),
-    Cache("split-fft-tables", "conversenet.functional._fft", "_ct_tables",
-          "Cooley-Tukey DFT matrices and twiddles by (N1, N2, direction, device, dtype)",
-          "TABLE_CACHE_SIZE entries"),
-    Cache("fft-policy", "conversenet.functional._fft_policy", "DECISIONS",
-          "CPU FFT implementation chosen per (direction, size, batch, dtype, threads, autograd)",
-          "FFT_MAX_DECISIONS entries (oldest first out)"),
-    Cache("upsolve-phases", "conversenet.functional._upsolve", "_phase_matrix",
-          "phase matrices of the s > 1 solve by (size, offsets, rows, device, dtype)",
-          "TABLE_CACHE_SIZE entries"),
-    Cache("upsolve-lag-index", "conversenet.functional._upsolve", "_lag_index",
-          "index maps of the small kernel correlations by (shapes, sign, device)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-dft-forward-w", "conversenet.functional._matrix_dft", "_fwd_w",
-          "export_mode(): real DFT matrices (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-dft-forward-h", "conversenet.functional._matrix_dft", "_fwd_h",
-          "export_mode(): real DFT matrices (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-dft-inverse-h", "conversenet.functional._matrix_dft", "_inv_h",
-          "export_mode(): real DFT matrices (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-dft-inverse-w", "conversenet.functional._matrix_dft", "_inv_w",
-          "export_mode(): real DFT matrices (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-kernel-dft", "conversenet.functional._matrix_dft", "_kernel_mats",
-          "export_mode(): kernel DFT matrices (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("export-box-spectrum", "conversenet.functional._matrix_dft", "_box",
-          "export_mode(): spectra of the s x s box (numpy float64)", "TABLE_CACHE_SIZE entries"),
-    Cache("restore-models", "conversenet.restore", "_MODEL_CACHE",
-          "networks loaded by conversenet.restore(...) by (task, model, weights, device, blind)",
-          "RESTORE_MODEL_CACHE_SIZE entries (least recently used first out)"),
-    Cache("restore-memory-estimates", "conversenet.restore", "_BPP_CACHE",
-          "working memory per pixel of a network (estimate_bytes_per_pixel)",
-          "one per live network (weak keys); freed with the network"),
-)
+#: the registry, filled by :func:`register` where each cache is defined
+CACHES: Dict[str, Cache] = {}
+#: the bound of the small lookup tables (functools.lru_cache of TABLE_CACHE_SIZE entries)
+TABLES = "TABLE_CACHE_SIZE entries each (conversenet._tuning)"
 
 
-def _target(c: Cache) -> Optional[Any]:
-    mod = sys.modules.get(c.module)
-    return None if mod is None else getattr(mod, c.target)
+def register(name: str, holds: str, bound: str, *objects: Any) -> None:
+    """Lists a cache (called once, by the module that owns it, next to its definition)."""
+    CACHES[name] = Cache(name, holds, bound, tuple(objects))
 
 
 def _entries(obj: Any) -> int:
@@ -92,8 +54,9 @@ def _entries(obj: Any) -> int:
 
 
 def caches() -> List[Dict[str, Any]]:
-    """Every cache of the package: ``name``, ``module``, ``holds`` (what), ``bound`` and
-    ``entries`` (held now; 0 where the owning module was never imported).
+    """Every cache of the package: ``name``, ``holds`` (what), ``bound`` and ``entries``
+    (held now). A module registers its caches when it is imported (``conversenet`` imports
+    the operator and the layers; ``conversenet.restore`` adds its two when imported).
 
     Example:
         >>> import conversenet
@@ -101,33 +64,27 @@ def caches() -> List[Dict[str, Any]]:
         >>> "converse2d-filters" in names and "fft-policy" in names
         True
     """
-    out = []
-    for c in CACHES:
-        obj = _target(c)
-        out.append({"name": c.name, "module": c.module, "holds": c.holds, "bound": c.bound,
-                    "entries": 0 if obj is None else _entries(obj)})
-    return out
+    return [{"name": c.name, "holds": c.holds, "bound": c.bound,
+             "entries": sum(_entries(obj) for obj in c.objects)} for c in CACHES.values()]
 
 
 def clear_caches() -> None:
-    """Frees every cache and workspace of :data:`CACHES` (all threads' workspaces, every
+    """Frees every registered cache and workspace (all threads' workspaces, every
     Converse2d layer's filter, the FFT policy's decisions, the loaded restore models).
     Everything is rebuilt on next use; results do not change.
 
     Example:
         >>> import conversenet
         >>> conversenet.clear_caches()
-        >>> sum(c["entries"] for c in conversenet.caches() if c["name"] == "dft-matrices")
+        >>> sum(c["entries"] for c in conversenet.caches() if c["name"] == "solver-tables")
         0
     """
-    for c in CACHES:
-        obj = _target(c)
-        if obj is None:
-            continue
-        if hasattr(obj, "cache_clear"):
-            obj.cache_clear()
-        else:
-            obj.clear()
+    for c in list(CACHES.values()):
+        for obj in c.objects:
+            if hasattr(obj, "cache_clear"):
+                obj.cache_clear()
+            else:
+                obj.clear()
 
 
 K = TypeVar("K", bound=Hashable)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import _tuning
+from . import _caches, _tuning
 from ._caches import BoundedCache
 
 __all__ = [
@@ -488,6 +488,8 @@ _ACT_FACTOR = _tuning.TILE_ACTIVATIONS
 _SAFETY = _tuning.TILE_SAFETY
 #: estimate_bytes_per_pixel results, weakly keyed by the network (nothing is written on it)
 _BPP_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[float, List[float]]]" = weakref.WeakKeyDictionary()
+_caches.register("restore-memory-estimates", "working memory per pixel of a network (estimate_bytes_per_pixel)",
+                 "one per live network (weak keys); freed with the network", _BPP_CACHE)
 
 
 def _call(model: nn.Module, x: torch.Tensor, kernel: Optional[torch.Tensor]) -> torch.Tensor:
@@ -701,6 +703,8 @@ def restore_array(img: np.ndarray, lm: Union[LoadedModel, nn.Module], kernel=Non
 
 
 _MODEL_CACHE: "BoundedCache[Tuple, LoadedModel]" = BoundedCache(lambda: _tuning.RESTORE_MODEL_CACHE_SIZE)
+_caches.register("restore-models", "networks loaded by conversenet.restore(...) by task, model, weights, device",
+                 "RESTORE_MODEL_CACHE_SIZE entries, least recently used first out", _MODEL_CACHE)
 
 
 def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] = None, weights: str = "auto",

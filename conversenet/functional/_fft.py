@@ -43,7 +43,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .. import _tuning
+from .. import _caches, _tuning
 from . import _fft_policy as policy
 
 __all__ = ["rfft2", "irfft2", "fft_h", "ct_split", "PATHS"]
@@ -78,6 +78,10 @@ def _ct_tables(n1: int, n2: int, inverse: bool, device: torch.device, cdtype: to
         tw = tw.to(torch.float64) * (sign * 2 * math.pi / n)
         tw = torch.polar(torch.ones_like(tw), tw)[:, :, None]
         return f1.to(device=device, dtype=cdtype), tw.to(device=device, dtype=cdtype)
+
+
+_caches.register("split-fft-tables", "Cooley-Tukey DFT matrices and twiddles of the split FFT",
+                 _caches.TABLES, _ct_tables)
 
 
 def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,

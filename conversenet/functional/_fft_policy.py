@@ -47,7 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .. import _tuning
+from .. import _caches, _tuning
 
 __all__ = ["PATHS", "choose", "force", "forced", "decisions", "format_decisions", "clear", "snapshot", "adopt",
            "fft_library", "scipy_fft", "ducc_fft", "split_factor", "measuring_seconds"]
@@ -316,6 +316,8 @@ class _Decisions:
 
 
 DECISIONS = _Decisions()
+_caches.register("fft-policy", "CPU FFT implementation chosen per (direction, size, batch, dtype, threads, autograd)",
+                 "FFT_MAX_DECISIONS entries, oldest first out (conversenet._tuning)", DECISIONS)
 
 
 # ---------------------------------------------------------------------------------------

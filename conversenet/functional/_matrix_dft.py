@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import _tuning
+from .. import _caches, _tuning
 
 __all__ = ["export_mode", "export_active", "filter_parts", "apply_filter", "kernel_otf_parts", "solve"]
 
@@ -148,6 +148,10 @@ def _box(s: int, m: int, n: int) -> np.ndarray:
 
     b = axis(m)[:, None] * axis(n)[None, :]
     return np.stack([b.real, b.imag])
+
+
+_caches.register("export-tables", "export_mode(): real DFT matrices and box spectra (numpy float64)",
+                 _caches.TABLES, _fwd_w, _fwd_h, _inv_h, _inv_w, _kernel_mats, _box)
 
 
 def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import _tuning
+from .. import _caches, _tuning
 from . import _fft
 
 __all__ = ["converse_up"]
@@ -101,6 +101,10 @@ def _lag_index(ah: int, aw: int, bh: int, bw: int, sign: int, device: torch.devi
         row = k + sign * i + (ah - 1 if sign < 0 else 0)
         col = m + sign * j + (aw - 1 if sign < 0 else 0)
         return (row * (aw + bw - 1) + col).reshape(-1).to(device)
+
+
+_caches.register("upsolve-tables", "phase matrices and correlation index maps of the s > 1 solve",
+                 _caches.TABLES, _phase_matrix, _lag_index)
 
 
 def _gain(weight: torch.Tensor, lam: torch.Tensor, s: int, h: int, w: int, x0: str) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .. import _tuning
+from .. import _caches, _tuning
 from ..checks import check_choice, check_input_and_kernel, check_int, check_lam, check_padding, check_tensor
 from . import _fft, _matrix_dft, _solve_op, _upsolve
 
@@ -142,6 +142,10 @@ def _tile_mul(a: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
 def _wrap_index(n: int, w: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         return torch.arange(n, device=device) % w
+
+
+_caches.register("solver-tables", "kernel DFT matrices and tiled-spectrum column indices by size and device",
+                 _caches.TABLES, _dft_matrix, _wrap_index)
 
 
 def _box_spectrum(s: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -617,6 +621,8 @@ class _FftDevices:
 
 
 FFT_DEVICES = _FftDevices()
+_caches.register("fft-devices", "whether torch.fft runs on a device type (probed once per type)",
+                 "one entry per device type probed", FFT_DEVICES)
 
 
 def check_fft_device(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .. import _tuning
+from .. import _caches, _tuning
 from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
 from ..functional import converse as _fc
 
@@ -246,6 +246,8 @@ class _FilterCaches:
 
 
 FILTER_CACHES = _FilterCaches()
+_caches.register("converse2d-filters", "eval-mode spectral filter of each Converse2d layer",
+                 "one per live layer, each <= Converse2d.filter_cache_bytes; freed with the layer", FILTER_CACHES)
 
 
 class _Buffers(dict):
@@ -283,6 +285,8 @@ class _Workspace(threading.local):
 
 
 _WORKSPACE = _Workspace()
+_caches.register("block-workspace", "reused CPU buffers of the fused no-grad ConverseBlock path",
+                 "3 buffers per thread, sized by the largest recent call; freed with the thread", _WORKSPACE)
 
 
 def clear_workspace() -> None:
