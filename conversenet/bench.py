@@ -22,7 +22,8 @@ process that measures CPU memory.
 Peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-* CPU: measured in a worker process per row (:func:`_memory_worker`): the peak resident
+* CPU: measured in a worker process per row, after the row's timings (:func:`_memory_worker`;
+  each implementation runs its first call once more there): the peak resident
   set size during the first call of each implementation (so one-time allocations that
   persist, such as the eval-mode filter caches, are counted), minus the resident set
   size before it. The kernel's high-water mark is reset by writing ``5`` to
@@ -31,8 +32,8 @@ Peak memory:
   threshold pinned to 64 KiB (``mallopt``, in the worker only), so that every tensor
   buffer is its own mapping, returned to the system when freed, and the resident set
   follows the live buffers, FFT work space included. Timed calls run in the calling
-  process under glibc's own dynamic threshold (it settles at 32 MiB after the warm-up
-  call frees its first large buffers). Without Linux procfs or glibc, or with
+  process under glibc's own dynamic threshold (glibc raises it, up to 32 MiB, as large
+  buffers are freed: the warm-up calls do that). Without Linux procfs or glibc, or with
   ``--no-memory``, the memory column is left empty.
 
 Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
@@ -254,14 +255,14 @@ def _worker_peaks(row: str, dtype: torch.dtype, threads: int, count: int) -> Lis
     measured by :func:`_memory_worker` in a fresh process (None where it could not be)."""
     import subprocess
 
+    from .functional import _fft_policy
+
     name = next(k for k, v in _DTYPES.items() if v == dtype)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = str(threads)
     code = "import sys; from conversenet.bench import _memory_worker; sys.exit(_memory_worker())"
-    from .functional import _fft_policy
-
     req = {"row": row, "dtype": name, "threads": threads, "fft_decisions": _fft_policy.snapshot()}
     try:
         done = subprocess.run([sys.executable, "-c", code], input=json.dumps(req),
