@@ -32,6 +32,7 @@ SMALL = {
     "ConvNet": dict(width=8, num_blocks=1, iterations=2),
     "ConverseUSRNet": dict(width=8, num_blocks=1, iterations=2),
     "ConvUSRNet": dict(width=8, num_blocks=1, iterations=2),
+    "ConverseUNet": dict(widths=(8, 16), blocks=(1, 1)),
 }
 
 
