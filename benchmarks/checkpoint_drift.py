@@ -2,7 +2,7 @@
 
 Runs each official model on one real test input three ways: this package in float32
 (default settings), the same network in float64 (the exact reference), and the same
-float32 network with the paper's Algorithm 1 swapped in (``conversenet.bench.baseline_operator``).
+float32 network with the paper's Algorithm 1 swapped in (``conversenet.bench.with_operator``).
 Prints max abs differences. Usage:
 
     CONVERSENET_WEIGHTS_DIR=../shared/weights/official python benchmarks/checkpoint_drift.py
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from conversenet import paths
-from conversenet.bench import baseline_operator
+from conversenet.bench import with_operator
 from conversenet.data import imresize, modcrop, read_image, to_float
 from conversenet.models import create
 
@@ -45,10 +45,10 @@ def main() -> None:
             t32 = time.time() - t
             y64 = m.double()(x)
             m.float()
-            with baseline_operator():
-                t = time.time()
-                yb = m(x.float()).double()
-                tb = time.time() - t
+            base = with_operator(m, "baseline")  # a copy sharing m's (float32) parameters
+            t = time.time()
+            yb = base(x.float()).double()
+            tb = time.time() - t
         print(f"{name}: input {tuple(x.shape)}")
         print(f"  ours float32 vs float64 exact : max abs {float((y32 - y64).abs().max()):.2e}  ({t32:.1f} s)")
         print(f"  Alg.1 float32 vs float64 exact: max abs {float((yb - y64).abs().max()):.2e}  ({tb:.1f} s)")

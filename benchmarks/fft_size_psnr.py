@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from conversenet import models
-from conversenet.bench import baseline_operator
+from conversenet.bench import with_operator
 from conversenet.nn import Converse2d
 from conversenet.paths import data_root
 
@@ -68,8 +68,8 @@ def main():
         if name in args.check64.split(","):
             set_fft_size(model, "exact")
             m64 = model.double()
-            with torch.no_grad(), baseline_operator():
-                ref = m64(x.double())
+            with torch.no_grad():
+                ref = with_operator(m64, "baseline")(x.double())
             model.float()
             print(f"<!-- {name}: max |float32 converse2d - float64 Algorithm 1| = "
                   f"{(outs['exact'].double() - ref).abs().max().item():.2e} -->")

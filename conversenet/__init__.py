@@ -3,13 +3,18 @@
 Layers: ``conversenet.functional`` (math) -> ``conversenet.nn`` (modules) ->
 ``conversenet.models`` -> ``conversenet.data`` -> ``conversenet.metrics`` ->
 training / evaluation -> ``conversenet.cli``.
+
+Global state: every cache and workspace is listed by :func:`caches` and freed by
+:func:`clear_caches` (see :mod:`conversenet._caches`); tuning constants live in
+:mod:`conversenet._tuning`.
 """
 
 from . import functional, nn
+from ._caches import caches, clear_caches
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "restore", "__version__"]
+__all__ = ["functional", "nn", "restore", "caches", "clear_caches", "__version__"]
 
 
 def __getattr__(name):

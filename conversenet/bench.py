@@ -4,27 +4,37 @@ Everything runs side by side in one process: every implementation of a case is w
 up, then timed ``repeat`` times; the table shows medians, the speed-up over the
 baseline (``x base`` = baseline median / median, higher is better), the peak memory and
 its ratio to the baseline's, and for the Converse2D rows the ratio to the FFT floor
-(``/floor`` = median / floor median, 1.0 is the floor).
+(``/floor`` = median / floor median, 1.0 is the floor). An implementation that raises is
+shown as ``FAILED`` with its error, and the command then exits with status 1.
 
-The baseline (:func:`baseline_converse2d`) is Algorithm 1 of the paper written plainly:
-complex FFTs of the zero-upsampled input and of ``lam * X0``, the kernel spectrum
-(psf2otf) recomputed every call, the s x s block splits and means, the division by lam;
-padded and cropped like the released layer. :func:`baseline_operator` swaps it into
-every :class:`~conversenet.nn.Converse2d` so that whole networks can be compared.
+The baseline (:func:`baseline_converse2d`) is Algorithm 1 of the paper written plainly
+(:mod:`conversenet.functional.algorithm1`, the same copy the tests use): complex FFTs of
+the zero-upsampled input and of ``lam * X0``, the kernel spectrum (psf2otf) recomputed
+every call, the s x s block splits and means, the division by lam; padded and cropped
+like the released layer. :func:`with_operator` makes a copy of a network (sharing its
+parameters) in which every :class:`~conversenet.nn.Converse2d` runs the baseline or the
+floor, so that whole networks can be compared; nothing in the library is patched.
+
+The bench leaves the process as it found it: the torch thread count is set for the run
+and put back after it, and glibc's malloc options are changed only in the worker
+process that measures CPU memory.
 
 Peak memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call.
-* CPU: the peak resident set size of the process during the first call (which is also
-  the first warm-up call, so one-time allocations that persist, such as the eval-mode
-  filter caches, are counted), minus the resident set size before it. The kernel's high-water mark is reset
-  by writing ``5`` to ``/proc/self/clear_refs`` and read back from ``VmHWM`` in
-  ``/proc/self/status``; for that call glibc's free memory is first returned
-  (``malloc_trim``) and its mmap threshold pinned to 64 KiB (``mallopt``), so that every
-  tensor buffer is its own mapping, returned to the system when freed, and the resident
-  set follows the live buffers, FFT work space included. Timed calls run with the
-  threshold at 32 MiB, where glibc's own dynamic threshold settles. Without Linux procfs
-  or glibc the memory column is left empty.
+* CPU: measured in a worker process per row, after the row's timings (:func:`_memory_worker`;
+  each implementation runs its first call once more there): the peak resident
+  set size during the first call of each implementation (so one-time allocations that
+  persist, such as the eval-mode filter caches, are counted), minus the resident set
+  size before it. The kernel's high-water mark is reset by writing ``5`` to
+  ``/proc/self/clear_refs`` and read back from ``VmHWM`` in ``/proc/self/status``; for
+  that call glibc's free memory is first returned (``malloc_trim``) and its mmap
+  threshold pinned to 64 KiB (``mallopt``, in the worker only), so that every tensor
+  buffer is its own mapping, returned to the system when freed, and the resident set
+  follows the live buffers, FFT work space included. Timed calls run in the calling
+  process under glibc's own dynamic threshold (glibc raises it, up to 32 MiB, as large
+  buffers are freed: the warm-up calls do that). Without Linux procfs or glibc, or with
+  ``--no-memory``, the memory column is left empty.
 
 Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
 """
@@ -32,8 +42,9 @@ Run ``python -m conversenet.bench --help`` (or ``conversenet bench``).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -42,18 +53,21 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ._atomic import write_text_atomic
 from .functional import _fft
+from .checks import check_int
+from .functional.algorithm1 import algorithm1
 
 __all__ = [
     "baseline_converse2d",
-    "baseline_operator",
-    "floor_operator",
+    "OperatorSwap",
+    "with_operator",
     "ROWS",
     "Result",
     "run_bench",
@@ -64,115 +78,80 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# the baseline: Algorithm 1 of the paper, plainly
+# the baseline (Algorithm 1 of the paper, one copy in conversenet.functional.algorithm1)
+# and the floor, run in place of Converse2d inside a copy of a network
 # --------------------------------------------------------------------------------------
-def _p2o(psf: torch.Tensor, shape) -> torch.Tensor:
-    """psf2otf: kernel zero-padded to ``shape``, centre rolled to (0, 0), full complex FFT."""
-    otf = torch.zeros(psf.shape[:-2] + tuple(shape), dtype=psf.dtype, device=psf.device)
-    otf[..., : psf.shape[-2], : psf.shape[-1]].copy_(psf)
-    for axis, size in ((-2, psf.shape[-2]), (-1, psf.shape[-1])):
-        otf = torch.roll(otf, -(size // 2), dims=axis)
-    return torch.fft.fftn(otf, dim=(-2, -1))
+baseline_converse2d = algorithm1  # the public name this module has always had
 
 
-def _splits(a: torch.Tensor, s: int) -> torch.Tensor:
-    """[..., sH, sW] -> [..., H, W, s*s]: the s x s distinct blocks, stacked last."""
-    b = torch.stack(torch.chunk(a, s, dim=-2), dim=-1)  # [..., H, sW, s]
-    return torch.cat(torch.chunk(b, s, dim=-2), dim=-1)  # [..., H, W, s*s]
+class OperatorSwap(nn.Module):
+    """A :class:`~conversenet.nn.Converse2d` run by another operator, with the layer's own
+    parameters (shared, not copied): ``"baseline"`` (:func:`baseline_converse2d`, the paper's
+    Algorithm 1) or ``"floor"`` (only the FFT work any exact implementation must do: pad,
+    ``rfft2`` and ``irfft2`` at the padded output size, crop; for s > 1 the padded input is
+    first enlarged by nearest interpolation; its output is not the operator's).
 
-
-def baseline_converse2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    lam: torch.Tensor,
-    scale: int = 1,
-    padding: int = 0,
-    padding_mode: str = "circular",
-) -> torch.Tensor:
-    """Converse2D as Algorithm 1 of the paper computes it (Eq. 6), the reference to beat.
-
-    Args:
-        x: (N, C, H, W) input Y.
-        weight: (1 or N, C, k, k) kernel.
-        lam: (1 or N, C, 1, 1) regulariser, or a float.
-        scale: upsampling factor s.
-        padding, padding_mode: padding applied before the solve; ``padding * s`` is
-            cropped from every side of the result, as in the released layer.
-
-    Returns:
-        (N, C, H*s, W*s).
-
-    Example:
-        >>> import torch
-        >>> from conversenet.functional import converse2d
-        >>> y, k = torch.randn(1, 2, 12, 10, dtype=torch.float64), torch.rand(1, 2, 3, 3, dtype=torch.float64)
-        >>> ref = converse2d(y, k, 0.1, scale=2, padding=2)
-        >>> bool(torch.allclose(baseline_converse2d(y, k, 0.1, 2, 2), ref, atol=1e-10))
-        True
+    Shape: as the layer, (N, C, H, W) -> (N, C, H*s, W*s).
     """
-    s = scale
-    if padding:
-        x = F.pad(x, (padding,) * 4, mode=padding_mode)
-    n, c, h, w = x.shape
-    y_up = torch.zeros(n, c, h * s, w * s, dtype=x.dtype, device=x.device)
-    y_up[..., ::s, ::s] = x  # standard s-fold upsampling: zeros in between
-    x0 = F.interpolate(x, scale_factor=s, mode="nearest") if s > 1 else x
-    fk = _p2o(weight.to(x.dtype), (h * s, w * s))
-    fk_conj = torch.conj(fk)
-    fk2 = torch.pow(torch.abs(fk), 2)
-    fky = fk_conj * torch.fft.fftn(y_up, dim=(-2, -1))
-    big_l = fky + torch.fft.fftn(lam * x0, dim=(-2, -1))
-    fkl = fk.mul(big_l)
-    fkl_s = torch.mean(_splits(fkl, s), dim=-1)
-    fk2_s = torch.mean(_splits(fk2, s), dim=-1)
-    fdiv = fkl_s.div(fk2_s + lam)
-    fmul = fk_conj * fdiv.repeat(1, 1, s, s)
-    fout = (big_l - fmul) / lam
-    out = torch.real(torch.fft.ifftn(fout, dim=(-2, -1)))
-    if padding:
-        p = padding * s
-        out = out[..., p:-p, p:-p]
-    return out
+
+    OPERATORS = ("baseline", "floor")
+
+    def __init__(self, layer: nn.Module, operator: str) -> None:
+        super().__init__()
+        if operator not in self.OPERATORS:
+            raise ValueError(f"operator must be one of {self.OPERATORS}, got {operator!r}")
+        self.layer = layer
+        self.operator = operator
+
+    def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+        m = self.layer
+        s, p = m.scale, m.padding
+        if self.operator == "baseline":
+            weight = m.weight if kernel is None else kernel
+            return baseline_converse2d(x, weight, m.lam, s, p, m.padding_mode, m.x0)
+        xp = F.pad(x, (p,) * 4, mode=m.padding_mode) if p else x
+        if s > 1:
+            xp = F.interpolate(xp, scale_factor=s, mode="nearest")
+        out = _round_trip(xp)
+        return out[..., s * p: s * p + s * x.shape[-2], s * p: s * p + s * x.shape[-1]]
+
+    def extra_repr(self) -> str:
+        return f"operator={self.operator!r}"
 
 
-@contextlib.contextmanager
-def _converse_forward(forward: Callable) -> Iterator[None]:
-    """Every :class:`~conversenet.nn.Converse2d` runs ``forward`` inside; restored after."""
-    from .nn.converse import Converse2d
-
-    original = Converse2d.forward
-    Converse2d.forward = forward
-    try:
-        yield
-    finally:
-        Converse2d.forward = original
-
-
-@contextlib.contextmanager
-def baseline_operator() -> Iterator[None]:
-    """Within this context every :class:`~conversenet.nn.Converse2d` runs :func:`baseline_converse2d`.
-
-    The parameters and the module's interface are untouched (only ``x0="interp"``, the
-    paper's setting, is supported by the baseline).
+def with_operator(model: nn.Module, operator: str) -> nn.Module:
+    """A copy of ``model`` in which every :class:`~conversenet.nn.Converse2d` runs ``operator``
+    (see :class:`OperatorSwap`); parameters and buffers are shared with ``model``, which
+    itself is left untouched (nothing is patched, on the model or on the class).
 
     Example:
         >>> import torch
         >>> from conversenet.nn import Converse2d
         >>> layer = Converse2d(2, 3, padding=2).double().eval()
         >>> y = torch.randn(1, 2, 8, 8, dtype=torch.float64)
-        >>> with baseline_operator():
-        ...     ref = layer(y)
-        >>> bool(torch.allclose(layer(y), ref, atol=1e-6))
+        >>> bool(torch.allclose(layer(y), with_operator(layer, "baseline")(y), atol=1e-6))
         True
+        >>> with_operator(Converse2d(2, 3, scale=2, padding=2), "floor")(torch.randn(1, 2, 8, 8)).shape
+        torch.Size([1, 2, 16, 16])
     """
-    def forward(self, x, kernel=None):
-        weight = self.weight if kernel is None else kernel
-        if self.x0 != "interp":
-            raise ValueError("the baseline operator supports x0='interp' only")
-        return baseline_converse2d(x, weight, self.lam, self.scale, self.padding, self.padding_mode)
+    from .nn import Converse2d
 
-    with _converse_forward(forward):
-        yield
+    if isinstance(model, Converse2d):
+        return OperatorSwap(model, operator)
+    if operator not in OperatorSwap.OPERATORS:
+        raise ValueError(f"operator must be one of {OperatorSwap.OPERATORS}, got {operator!r}")
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    out = copy.deepcopy(model, shared)
+
+    def swap(mod: nn.Module) -> None:
+        for name, child in list(mod.named_children()):
+            if isinstance(child, Converse2d):
+                setattr(mod, name, OperatorSwap(child, operator))
+            else:
+                swap(child)
+
+    swap(out)
+    return out
 
 
 def _round_trip(z: torch.Tensor) -> torch.Tensor:
@@ -182,99 +161,116 @@ def _round_trip(z: torch.Tensor) -> torch.Tensor:
     return _fft.irfft2(_fft.rfft2(z), tuple(z.shape[-2:]))
 
 
-@contextlib.contextmanager
-def floor_operator() -> Iterator[None]:
-    """Within this context every :class:`~conversenet.nn.Converse2d` does only the FFT work
-    any exact implementation at the same FFT size must do: pad, ``rfft2`` and ``irfft2`` of a
-    tensor of the padded output size, crop (for s > 1 the padded input is first enlarged by
-    nearest interpolation). Its output is not the operator's; run inside a network it gives
-    the network's floor: the time left when Converse2D costs one FFT round trip.
-
-    Example:
-        >>> import torch
-        >>> from conversenet.nn import Converse2d
-        >>> layer = Converse2d(2, 3, scale=2, padding=2).eval()
-        >>> with floor_operator():
-        ...     layer(torch.randn(1, 2, 8, 8)).shape
-        torch.Size([1, 2, 16, 16])
-    """
-    def forward(self, x, kernel=None):  # noqa: ARG001
-        s, p = self.scale, self.padding
-        xp = F.pad(x, (p,) * 4, mode=self.padding_mode) if p else x
-        if s > 1:
-            xp = F.interpolate(xp, scale_factor=s, mode="nearest")
-        out = _round_trip(xp)
-        return out[..., s * p: s * p + s * x.shape[-2], s * p: s * p + s * x.shape[-1]]
-
-    with _converse_forward(forward):
-        yield
-
-
 # --------------------------------------------------------------------------------------
 # timing and memory
 # --------------------------------------------------------------------------------------
 class _PeakMemory:
     """Peak extra memory of one call (see the module docstring for the method).
 
-    On CPU the timed calls run with glibc's mmap threshold fixed at 32 MiB (the value its
-    dynamic threshold settles at for large tensors), the memory call with 64 KiB after
-    ``malloc_trim``; the call is repeated for memory after the timed ones.
+    CUDA: measured in this process from the allocator's statistics. CPU: measured in a
+    worker process of the bench's own (:func:`_memory_worker`), which may pin glibc's
+    malloc options (they cannot be put back once set); this process keeps its settings.
     """
 
     _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+    CPU_METHOD = ("peak RSS minus RSS before the first call, in a worker process (VmHWM reset "
+                  "via /proc/self/clear_refs, glibc mmap threshold 64 KiB there)")
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
         self.device = device
         self.method = None
+        if not enabled:
+            return
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated minus memory allocated before the call"
-            return
-        try:
-            self._libc = ctypes.CDLL("libc.so.6")
-            self._clear_refs()
-            self._status("VmHWM")
-            if self._timing_mode():
-                self.method = ("peak RSS minus RSS before the call (VmHWM reset via "
-                               "/proc/self/clear_refs, glibc mmap threshold 64 KiB)")
-        except (OSError, AttributeError, ValueError):
-            self.method = None
-
-    def _timing_mode(self) -> bool:
-        ok = self._libc.mallopt(self._M_MMAP_THRESHOLD, 32 * 2**20) == 1
-        return ok and self._libc.mallopt(self._M_TRIM_THRESHOLD, 64 * 2**20) == 1
-
-    @staticmethod
-    def _clear_refs() -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set size (VmHWM)
-
-    @staticmethod
-    def _status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
-        if m is None:
-            raise ValueError(key)
-        return int(m.group(1)) * 1024
+        elif _procfs_ok():
+            self.method = self.CPU_METHOD
 
     def measure(self, fn: Callable[[], object]) -> Optional[int]:
-        if self.method is None:
+        """Runs ``fn``; returns its peak on CUDA (None on CPU: see :func:`_worker_peaks`)."""
+        if self.method is None or self.device.type != "cuda":
+            fn()
             return None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            fn()
-            return torch.cuda.max_memory_allocated(self.device) - base
-        self._libc.malloc_trim(0)
-        self._libc.mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
-        self._libc.mallopt(self._M_TRIM_THRESHOLD, 0)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        fn()
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+
+def _procfs_ok() -> bool:
+    return os.path.exists("/proc/self/clear_refs") and os.path.exists("/proc/self/status")
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
+    if m is None:
+        raise ValueError(key)
+    return int(m.group(1)) * 1024
+
+
+def _memory_worker() -> int:
+    """Entry point of the CPU memory worker: reads ``{"row", "dtype", "threads"}`` as JSON
+    from stdin, prints ``{"peaks": [bytes or null per implementation]}``.
+
+    For each implementation of the row (in order): build it, return glibc's free memory
+    (``malloc_trim``), reset the peak resident set size (``5`` to ``/proc/self/clear_refs``),
+    run the first call and report ``VmHWM`` minus the resident set size before it. glibc's
+    mmap threshold is pinned to 64 KiB here (``mallopt``), so that every tensor buffer is
+    its own mapping, returned to the system when freed, and the resident set follows the
+    live buffers, FFT work space included. This process exits afterwards: the setting
+    never reaches the caller's process.
+    """
+    from .functional import _fft_policy
+
+    req = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(req["threads"]))
+    # the FFT choices the caller measured: the first calls here run them without timing
+    # candidates again (whose test tensors would otherwise count in the peaks)
+    _fft_policy.adopt(req.get("fft_decisions", {}))
+    libc = ctypes.CDLL("libc.so.6")
+    ok = (libc.mallopt(_PeakMemory._M_MMAP_THRESHOLD, 64 * 1024) == 1
+          and libc.mallopt(_PeakMemory._M_TRIM_THRESHOLD, 0) == 1)
+    peaks: List[Optional[int]] = []
+    impls = ROWS[req["row"]][1](_DTYPES[req["dtype"]], torch.device("cpu"))
+    for impl in impls:
         try:
-            self._clear_refs()
-            base = self._status("VmRSS")
+            fn = impl.make()
+            libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak resident set size (VmHWM)
+            base = _status("VmRSS")
             fn()
-            return max(0, self._status("VmHWM") - base)
-        finally:
-            self._timing_mode()
+            peaks.append(max(0, _status("VmHWM") - base) if ok else None)
+            del fn
+        except Exception:  # the parent reports the failure from its own run
+            peaks.append(None)
+    print(json.dumps({"peaks": peaks}))
+    return 0
+
+
+def _worker_peaks(row: str, dtype: torch.dtype, threads: int, count: int) -> List[Optional[int]]:
+    """CPU peak bytes of the first call of each of the row's ``count`` implementations,
+    measured by :func:`_memory_worker` in a fresh process (None where it could not be)."""
+    import subprocess
+
+    from .functional import _fft_policy
+
+    name = next(k for k, v in _DTYPES.items() if v == dtype)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = str(threads)
+    code = "import sys; from conversenet.bench import _memory_worker; sys.exit(_memory_worker())"
+    req = {"row": row, "dtype": name, "threads": threads, "fft_decisions": _fft_policy.snapshot()}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=json.dumps(req),
+                              capture_output=True, text=True, env=env)
+        peaks = json.loads(done.stdout.strip().splitlines()[-1])["peaks"] if done.returncode == 0 else []
+    except (OSError, ValueError, IndexError, KeyError):
+        peaks = []
+    return (list(peaks) + [None] * count)[:count]
 
 
 def _sync(device: torch.device) -> None:
@@ -295,7 +291,8 @@ class Result:
     speedup: Optional[float] = None  # baseline median / median
     mem_ratio: Optional[float] = None  # peak / baseline peak
     vs_floor: Optional[float] = None  # median / floor median
-    cold: bool = False  # timed by the first (memory) call only: a slow case
+    cold: bool = False  # timed by the first call only: a slow case
+    error: Optional[str] = None  # set when the implementation (or its whole row) failed
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -303,11 +300,11 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float,
              mem: _PeakMemory, clock: str = "wall", cold_only: bool = False):
-    """Peak memory of the first call, then ``repeat`` timed calls after ``warmup`` calls.
+    """Peak memory of the first call (CUDA; CPU peaks come from a worker process, see
+    :func:`_worker_peaks`), then ``repeat`` timed calls after ``warmup`` calls.
 
-    The first call is the memory call and counts as the first warm-up call; it sees every
-    one-time allocation that persists (e.g. filter caches), so those count in the peak.
-    When it alone takes longer than ``budget_s`` (or ``cold_only``), its time is the only
+    The first call counts as the first warm-up call; on CUDA it sees every one-time
+    allocation that persists (e.g. filter caches), so those count in the peak. When it alone takes longer than ``budget_s`` (or ``cold_only``), its time is the only
     sample (``cold``): the whole case is then timed that way, baseline and ours alike.
     Seconds the CPU FFT policy spends timing its candidates during that call (once per
     transform size and process) are not counted in it.
@@ -461,7 +458,7 @@ def _op_case(name, shape, k, s, padding, mode, dtype, device, train) -> List[_Im
 
 
 def _create_model(name: str, dtype, device):
-    from . import models  # written by the models issue; rows are skipped without it
+    from . import models
 
     m = models.create(name)
     return m.to(device, dtype)
@@ -474,10 +471,11 @@ def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
     def make(operator=None):
         def build():
             m = _create_model(name, dtype, device).eval()
+            if operator is not None:
+                m = with_operator(m, operator)
 
             def f():
-                ctx = operator() if operator is not None else contextlib.nullcontext()
-                with ctx, torch.no_grad():
+                with torch.no_grad():
                     return m(x)
             return f
         return build
@@ -496,10 +494,10 @@ def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
         return f
 
     return [
-        _Impl(f"{name}, baseline operator", "baseline", make(baseline_operator)),
+        _Impl(f"{name}, baseline operator", "baseline", make("baseline")),
         _Impl(f"{name}, converse2d", "ours", make()),
         _Impl(f"{name}, converse2d fft_size='fast' (opt-in)", "ours", make_fast),
-        _Impl(f"{name}, floor: Converse2d = pad+rfft2+irfft2+crop", "floor", make(floor_operator)),
+        _Impl(f"{name}, floor: Converse2d = pad+rfft2+irfft2+crop", "floor", make("floor")),
     ]
 
 
@@ -512,14 +510,13 @@ def _model_train_case(name, shape, dtype, device) -> List[_Impl]:
         def build():
             m = _create_model(name, dtype, device).train()
             opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+            net = with_operator(m, "baseline") if baseline else m  # same parameters
 
             def f():
-                ctx = baseline_operator() if baseline else contextlib.nullcontext()
-                with ctx:
-                    opt.zero_grad(set_to_none=True)
-                    loss = F.l1_loss(m(noisy), clean)
-                    loss.backward()
-                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss = F.l1_loss(net(noisy), clean)
+                loss.backward()
+                opt.step()
             return f
         return build
 
@@ -586,39 +583,71 @@ def run_bench(
     budget_s: float = 30.0,
     log: Optional[Callable[[str], None]] = None,
     clock: str = "wall",
+    memory: bool = True,
 ) -> List[Result]:
     """Runs the selected rows and returns one :class:`Result` per implementation.
 
-    Rows whose builder fails with ImportError/AttributeError (e.g. no models package yet)
-    are skipped with a message. ``budget_s`` caps the timed repetitions of one
-    implementation (at least one is always run).
+    A row or an implementation that raises is kept as a :class:`Result` with ``error`` set
+    (``kind`` ``"failed"`` when the row could not be built at all) and printed as failed.
+    ``budget_s`` caps the timed repetitions of one implementation (at least one is always
+    run). ``memory=False`` skips the peak-memory column (no worker processes on CPU).
+
+    The torch thread count is ``threads`` while it runs and the caller's again afterwards;
+    no other process-wide setting is changed (CPU peak memory is measured in a worker
+    process, see :func:`_worker_peaks`), and the library is not patched: the baseline and
+    floor rows of networks run copies made by :func:`with_operator`.
     """
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    dev = torch.device(device)
-    mem = _PeakMemory(dev)
+    try:
+        return _run_rows(rows, threads, dtype, torch.device(device), repeat, warmup, budget_s, log, clock, memory)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _error(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _run_rows(rows, threads, dtype, dev, repeat, warmup, budget_s, log, clock, memory) -> List[Result]:
+    mem = _PeakMemory(dev, memory)
     results: List[Result] = []
     for row in rows:
         desc, builder = ROWS[row]
         try:
             impls = builder(dtype, dev)
-            closures = [(impl, impl.make()) for impl in impls]
-        except (ImportError, AttributeError, KeyError) as e:
+        except Exception as e:  # the row is reported as failed, never dropped
+            results.append(Result(desc, row, "failed", error=_error(e)))
             if log:
-                log(f"[skip] {row}: {type(e).__name__}: {e}")
+                log(f"[FAILED] {row}: {_error(e)}")
             continue
         group: List[Result] = []
         cold = False
-        for impl, fn in closures:
-            times, peak, cold = _measure(fn, dev, warmup, repeat, budget_s, mem, clock, cold)
+        for impl in impls:
+            try:
+                fn = impl.make()
+                times, peak, cold = _measure(fn, dev, warmup, repeat, budget_s, mem, clock, cold)
+                del fn
+            except Exception as e:
+                group.append(Result(desc, impl.name, impl.kind, error=_error(e)))
+                if log:
+                    log(f"  [FAILED] {row}: {impl.name}: {_error(e)}")
+                continue
             r = Result(desc, impl.name, impl.kind, times, peak, statistics.median(times), cold=cold)
             group.append(r)
             if log:
-                mb = "-" if peak is None else f"{peak / 2**20:.0f} MiB"
-                log(f"  {row}: {impl.name}: {_ms(r.median_s)} ms (n={len(times)}), peak {mb}")
-        del closures
-        base = next((r for r in group if r.kind == "baseline"), None)
-        floor = next((r for r in group if r.kind == "floor"), None)
-        for r in group:
+                log(f"  {row}: {impl.name}: {_ms(r.median_s)} ms (n={len(times)})")
+        if mem.method and dev.type == "cpu":  # after the timing: the FFT choices are made
+            for r, peak in zip(group, _worker_peaks(row, dtype, threads, len(group))):
+                r.peak_bytes = None if r.error is not None else peak
+        if log:
+            log(f"  {row}: peak MiB " + ", ".join(
+                "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}" for r in group))
+        ok = [r for r in group if r.error is None]
+        base = next((r for r in ok if r.kind == "baseline"), None)
+        floor = next((r for r in ok if r.kind == "floor"), None)
+        for r in ok:
             if base is not None:
                 r.speedup = base.median_s / r.median_s
                 if r.peak_bytes is not None and base.peak_bytes:
@@ -693,6 +722,8 @@ def _fmt(v, spec, suffix=""):
 
 
 def _cells(r: Result) -> List[str]:
+    if r.error is not None:
+        return [r.impl, "FAILED", "-", "-", "-", "-", f"- ({r.error})"]
     return [
         r.impl,
         _ms(r.median_s),
@@ -760,6 +791,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                    help="wall: elapsed time (default); cpu: process CPU time, steadier on a "
                         "busy machine (with --threads 1)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory column (on CPU it is measured in a worker process per row)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the results as a Markdown report")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -779,10 +812,11 @@ def run_from_args(args) -> int:
     if bad or not rows:
         raise BenchError(f"--rows: unknown row(s) {bad or rows}; choose from {','.join(ROWS)} "
                          f"or {','.join(ROW_ALIASES)}")
-    if args.threads < 1:
-        raise BenchError(f"--threads must be >= 1, got {args.threads}")
-    if args.repeat < 1 or args.warmup < 1:
-        raise BenchError("--repeat and --warmup must be >= 1")
+    for flag in ("threads", "repeat", "warmup"):
+        try:
+            check_int(f"--{flag}", getattr(args, flag))
+        except ValueError as e:
+            raise BenchError(str(e)) from None
     try:
         dev = torch.device(args.device)
     except RuntimeError as e:
@@ -796,10 +830,11 @@ def run_from_args(args) -> int:
     info["dtype"] = args.dtype
     info["clock"] = args.clock
     print("\n".join(f"# {k}: {v}" for k, v in info.items()), flush=True)
+    memory = not getattr(args, "no_memory", False)
     results = run_bench(rows, args.threads, _DTYPES[args.dtype], args.device, args.repeat,
-                        args.warmup, args.budget, log, args.clock)
+                        args.warmup, args.budget, log, args.clock, memory)
     info["load_average_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    method = _PeakMemory(dev).method
+    method = _PeakMemory(dev, memory).method
     print(format_table(results))
     explain = None
     if args.explain:
@@ -818,6 +853,11 @@ def run_from_args(args) -> int:
         if explain:
             text += "\n```\n" + explain + "\n```\n"
         _write_atomic(args.markdown, text)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        print(f"\n{len(failed)} implementation(s) FAILED: "
+              + "; ".join(f"{r.impl}: {r.error}" for r in failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import weakref
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from . import _caches, _tuning
 from .models.base import as_restoration_model
 from .tiling import DEFAULT_OVERLAP, plan_tile, tiled_forward
 
@@ -86,10 +88,13 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
 # --------------------------------------------------------------------------------------
 # memory estimate
 # --------------------------------------------------------------------------------------
-#: live activation tensors of the widest layer kept at once (measured: 7.4 for Converse-DnCNN,
-#: about 9 for Converse-SRResNet; docs/RESTORE.md), rounded up.
-_ACT_FACTOR = 10.0
-_SAFETY = 1.2
+#: live activations of the widest layer at once, and the safety factor (conversenet._tuning)
+_ACT_FACTOR = _tuning.TILE_ACTIVATIONS
+_SAFETY = _tuning.TILE_SAFETY
+#: estimate_bytes_per_pixel results, weakly keyed by the network (nothing is written on it)
+_BPP_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[float, List[float]]]" = weakref.WeakKeyDictionary()
+_caches.register("restore-memory-estimates", "working memory per pixel of a network (estimate_bytes_per_pixel)",
+                 "one per live network (weak keys); freed with the network", _BPP_CACHE)
 
 
 def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = None) -> Tuple[float, List[float]]:
@@ -101,7 +106,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     Converse-SRResNet), and every eval-mode Converse2d layer may keep its spectral filter
     (complex, ~4 bytes per channel and output pixel) up to ``Converse2d.filter_cache_bytes``.
     Returns ``1.2 x 10 x 4 x widest`` bytes and one ``1.2 x 4 x size`` per Converse2d
-    layer (see :func:`estimate_memory`). Cached on the model.
+    layer (see :func:`estimate_memory`). Cached per model (weakly, see conversenet._caches).
 
     >>> from conversenet.models import create
     >>> net = create("converse_dncnn", width=8, num_blocks=1).eval()
@@ -109,8 +114,9 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
     >>> round(act, 1), [round(s, 1) for s in spectra]
     (768.0, [76.8])
     """
+    key = model  # the caller's module: an adapter around a plain module is made anew each call
     model = as_restoration_model(model)
-    cached = model.__dict__.get("_restore_bpp")
+    cached = _BPP_CACHE.get(key)
     if cached is not None:
         return cached
     from .nn import Converse2d
@@ -145,7 +151,7 @@ def estimate_bytes_per_pixel(model: nn.Module, kernel: Optional[torch.Tensor] = 
             h.remove()
         model.train(was_training)
     res = (_SAFETY * 4.0 * _ACT_FACTOR * widest, spectra)
-    model._restore_bpp = res
+    _BPP_CACHE[key] = res
     return res
 
 

@@ -36,6 +36,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
+from . import _caches, _tuning
+from ._caches import BoundedCache
 from .data import from_float_hwc, make_kernel, sample_image, to_float_hwc
 from .inference import (
     DEFAULT_MAX_MEMORY,
@@ -251,7 +253,9 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
 
 
 #: (task, model, weights, device, blind) -> LoadedModel of earlier restore() calls
-_MODEL_CACHE: Dict[Tuple, LoadedModel] = {}
+_MODEL_CACHE: "BoundedCache[Tuple, LoadedModel]" = BoundedCache(lambda: _tuning.RESTORE_MODEL_CACHE_SIZE)
+_caches.register("restore-models", "networks loaded by conversenet.restore(...) by task, model, weights, device",
+                 "RESTORE_MODEL_CACHE_SIZE entries, least recently used first out", _MODEL_CACHE)
 
 
 def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] = None, weights: str = "auto",
@@ -296,7 +300,7 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         lm = _MODEL_CACHE.get(key)
         if lm is None:
             lm = load_model(task, model, weights, dev, blind, log=print if verbose else None)
-            _MODEL_CACHE[key] = lm
+            _MODEL_CACHE.put(key, lm)
     net = lm.model
     k = None
     if net.takes_kernel:

@@ -1,8 +1,10 @@
 """Independent float64 references for the Converse2D tests.
 
-Nothing here imports conversenet: the forward model is built as an explicit matrix by
-naive loops from its definition, the optimum comes from a dense solve of the normal
-equations, and the paper's Eq. 6 is written out with full complex FFTs.
+The forward model is built as an explicit matrix by naive loops from its definition and
+the optimum comes from a dense solve of the normal equations (none of it uses
+conversenet). The paper's Eq. 6 (Algorithm 1, full complex FFTs) is the package's own
+plain copy, :func:`conversenet.functional.algorithm1.algorithm1`, shared with the
+benchmark and itself checked against the dense solve.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 
 import numpy as np
 import torch
+
+from conversenet.functional.algorithm1 import algorithm1
 
 # numpy names of the padding modes (reflect excludes the edge pixel in both libraries)
 NP_PAD = {"circular": "wrap", "reflect": "reflect", "replicate": "edge", "constant": "constant"}
@@ -76,49 +80,25 @@ def dense_converse(y, kernel, lam, s, padding=0, padding_mode="circular", x0="in
     return out
 
 
-def psf2otf(kernel: torch.Tensor, size) -> torch.Tensor:
-    """Full complex DFT of the kernel zero-padded to ``size``, centre (kh//2, kw//2) moved to (0, 0)."""
-    kh, kw = kernel.shape[-2:]
-    m, n = size
-    buf = torch.zeros(*kernel.shape[:-2], m, n, dtype=kernel.dtype, device=kernel.device)
-    buf[..., :kh, :kw] = kernel
-    for axis, shift in ((-2, kh // 2), (-1, kw // 2)):
-        buf = torch.roll(buf, -shift, dims=axis)
-    return torch.fft.fft2(buf)
+# The paper's Eq. 6 as written (Algorithm 1): the package's one copy, which the benchmark
+# also times. It is not the code under test: tests/test_bench.py checks it against
+# dense_converse above. Call it as eq6(y, kernel, lam, s, x0=...) (circular, no padding).
+eq6 = algorithm1
 
 
-def eq6(y: torch.Tensor, kernel: torch.Tensor, lam: torch.Tensor, s: int, x0: str = "interp") -> torch.Tensor:
-    """The paper's Eq. 6 as written (circular boundary, no padding), in y's dtype.
-
-    y: (N, C, H, W); kernel: (1 or N, C, kh, kw); lam: broadcastable to (N, C, 1, 1).
-    """
-    n, c, h, w = y.shape
-    big = (s * h, s * w)
-    y_up = torch.zeros(n, c, *big, dtype=y.dtype, device=y.device)
-    y_up[..., ::s, ::s] = y
-    if x0 == "interp":
-        x0t = y.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
-    else:
-        x0t = torch.zeros_like(y_up)
-    fk = psf2otf(kernel.to(y.dtype), big)
-    lam = lam.to(y.dtype)
-    big_l = fk.conj() * torch.fft.fft2(y_up) + lam * torch.fft.fft2(x0t)
-
-    def block_mean(z):  # mean over the s x s distinct (H x W) blocks of the spectrum
-        acc = 0
-        for bi in range(s):
-            for bj in range(s):
-                acc = acc + z[..., bi * h:(bi + 1) * h, bj * w:(bj + 1) * w]
-        return acc / (s * s)
-
-    ratio = block_mean(fk * big_l) / (block_mean(fk.abs() ** 2) + lam)
-    tiled = torch.cat([torch.cat([ratio] * s, dim=-1)] * s, dim=-2)
-    return torch.fft.ifft2((big_l - fk.conj() * tiled) / lam).real
+def softmax_kernel(gen: torch.Generator, b: int, c: int, *size: int, dtype=torch.float64):
+    """(b, c, *size) random kernels that are positive and sum to 1 (softmax of a Gaussian
+    sample), as Converse2d initialises them; size is (k,), (kh, kw) or (kd, kh, kw)."""
+    raw = torch.randn(b, c, math.prod(size), generator=gen, dtype=dtype)
+    return torch.softmax(raw, -1).reshape(b, c, *size)
 
 
-def softmax_kernel(gen: torch.Generator, b: int, c: int, kh: int, kw: int, dtype=torch.float64):
-    raw = torch.randn(b, c, kh * kw, generator=gen, dtype=dtype)
-    return torch.softmax(raw, -1).reshape(b, c, kh, kw)
+def psnr_ref(a: np.ndarray, b: np.ndarray, peak: float = 255.0, border: int = 0) -> float:
+    """PSNR in dB of two images in float64, optionally without ``border`` pixels per side."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if border:
+        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
+    return float(10 * math.log10(peak**2 / np.mean((a - b) ** 2)))
 
 
 def layernorm2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""Helpers for the training tests: generated image folders and tiny configs."""
+"""Helpers shared by the tests: generated images and image folders, file digests, tiny
+training configs and CLI runs (fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +17,15 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "conversenet" / "configs"  # the packaged training configs, read from the files
+
+
+def random_image(seed: int, shape, dtype=np.uint8) -> np.ndarray:
+    """Uniform random integer image of ``shape`` over the whole range of ``dtype``."""
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def make_images(folder: Path, n: int = 4, size=(40, 48), rgb: bool = False, seed: int = 0) -> Path:

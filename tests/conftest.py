@@ -20,6 +20,41 @@ def device(request):
     return torch.device(request.param)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine). Use
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+#: Small registry models, one per task (and the blind deblurrer), for CLI tests.
+TINY_MODELS = {
+    "converse_dncnn": {"width": 4, "num_blocks": 1},
+    "converse_srresnet": {"width": 4, "num_blocks": 1},
+    "converse_usrnet": {"width": 4, "num_blocks": 1, "iterations": 1},
+    "conversenet": {"width": 4, "num_blocks": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory):
+    """A folder with a state-dict ``NAME.pth`` and a sidecar ``NAME.json`` (``{"model",
+    "args"}``) for every model of :data:`TINY_MODELS` (random weights, seed 0)."""
+    import json
+
+    from conversenet.models import create
+
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    for name, args in TINY_MODELS.items():
+        torch.save(create(name, **args).state_dict(), d / f"{name}.pth")
+        (d / f"{name}.json").write_text(json.dumps({"model": name, "args": args}))
+    return d
+
+
 @pytest.fixture(scope="session")
 def data_root():
     root = paths.data_root()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from _reference import dense_converse
+from conversenet import _tuning
 from conversenet import bench
 from conversenet.nn import Converse2d
 
@@ -29,17 +30,24 @@ def test_baseline_algorithm1_equals_dense_solve(scale, padding, mode):
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-9, atol=1e-9)
 
 
-def test_operator_contexts_swap_and_restore_forward():
+def test_with_operator_swaps_a_copy_and_shares_parameters():
     layer = Converse2d(3, 3, scale=2, padding=2).double().eval()
     y = torch.randn(1, 3, 7, 6, dtype=torch.float64)
     ours = layer(y)
-    with bench.baseline_operator():
-        base = layer(y)
-    with bench.floor_operator():
-        floor = layer(y)
+    base = bench.with_operator(layer, "baseline")(y)
+    floor = bench.with_operator(layer, "floor")(y)
     assert torch.allclose(base, ours, atol=1e-9)
     assert floor.shape == ours.shape and not torch.allclose(floor, ours)
-    assert torch.equal(layer(y), ours)  # restored after both contexts
+    assert torch.equal(layer(y), ours)  # the layer itself is untouched
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), Converse2d(3, 3, padding=2)).double().eval()
+    swapped = bench.with_operator(net, "baseline")
+    assert isinstance(net[1], Converse2d) and isinstance(swapped[1], bench.OperatorSwap)
+    assert swapped[1].layer.weight is net[1].weight and swapped[0].weight is net[0].weight
+    with torch.no_grad():
+        assert torch.allclose(swapped(y), net(y), atol=1e-9)
+    with pytest.raises(ValueError, match="operator"):
+        bench.with_operator(net, "nope")
 
 
 def _args(**kw):
@@ -63,12 +71,9 @@ def test_bad_arguments_are_named(kw, match):
 
 def test_up_row_runs_and_reports_consistent_ratios(tmp_path, capsys):
     n = torch.get_num_threads()
-    try:
-        rc = bench.run_from_args(_args(rows="up", threads=1, repeat=1, warmup=1, budget=1.0, quiet=True,
-                                       json=str(tmp_path / "b.json"), markdown=str(tmp_path / "b.md")))
-    finally:
-        torch.set_num_threads(n)
-    assert rc == 0
+    rc = bench.run_from_args(_args(rows="up", threads=1, repeat=1, warmup=1, budget=1.0, quiet=True,
+                                   json=str(tmp_path / "b.json"), markdown=str(tmp_path / "b.md")))
+    assert rc == 0 and torch.get_num_threads() == n
     table = capsys.readouterr().out
     data = json.loads((tmp_path / "b.json").read_text())
     res = data["results"]
@@ -82,6 +87,9 @@ def test_up_row_runs_and_reports_consistent_ratios(tmp_path, capsys):
         if r["kind"] == "ours":
             assert math.isclose(r["vs_floor"], r["median_s"] / floor["median_s"], rel_tol=1e-9)
         assert r["impl"] in table
+    if bench._procfs_ok():  # Linux: peaks measured in the worker process, one per implementation
+        assert all(r["peak_bytes"] is not None and r["peak_bytes"] > 0 for r in res)
+        assert "worker process" in data["memory_method"]
     md = (tmp_path / "b.md").read_text()
     assert "## Machine" in md and "| implementation |" in md
 
@@ -91,15 +99,11 @@ def test_header_explain_and_aliases(tmp_path, capsys, monkeypatch):
     lists the FFT decisions; row aliases expand (fork -> the six fork-shape rows)."""
     from conversenet.functional import _fft_policy
 
-    monkeypatch.setattr(_fft_policy, "BUDGET_S", 0.0)
+    monkeypatch.setattr(_tuning, "FFT_BUDGET_S", 0.0)
     monkeypatch.delenv(_fft_policy.ENV, raising=False)  # conftest pins it; here we measure
-    n = torch.get_num_threads()
-    try:
-        rc = bench.run_from_args(_args(rows="fork_k3_s1", threads=1, repeat=1, warmup=1, budget=1.0,
-                                       quiet=True, explain=True, markdown=str(tmp_path / "b.md"),
-                                       json=str(tmp_path / "b.json")))
-    finally:
-        torch.set_num_threads(n)
+    rc = bench.run_from_args(_args(rows="fork_k3_s1", threads=1, repeat=1, warmup=1, budget=1.0,
+                                   quiet=True, explain=True, markdown=str(tmp_path / "b.md"),
+                                   json=str(tmp_path / "b.json"), no_memory=True))
     assert rc == 0
     out = capsys.readouterr().out
     head = out.split("\n")
@@ -119,3 +123,44 @@ def test_header_explain_and_aliases(tmp_path, capsys, monkeypatch):
 def test_cpuinfo_isa():
     info = bench._cpuinfo()
     assert set(info) == {"vendor", "model", "isa"} and info["model"]
+
+
+def test_bench_twice_leaves_threads_and_the_library_unchanged(capsys):
+    """Acceptance (issue 13): `conversenet bench` run twice in one process leaves the torch
+    thread count and Converse2d.forward as they were (no class patching, threads put back)."""
+    from conversenet.cli import main
+
+    threads, forward = torch.get_num_threads(), Converse2d.forward
+    other = 2 if threads == 1 else 1
+    for memory in ([], ["--no-memory"]):
+        rc = main(["bench", "--rows", "fork_k3_s1", "--threads", str(other), "--repeat", "1",
+                   "--budget", "0.2", "--quiet", *memory])
+        assert rc == 0
+        assert torch.get_num_threads() == threads
+        assert Converse2d.forward is forward
+    out = capsys.readouterr().out
+    assert out.count("baseline (Algorithm 1)") == 2 and "FAILED" not in out
+
+
+def test_failed_row_is_reported_and_exit_code_is_nonzero(monkeypatch, capsys):
+    def broken(dtype, device):
+        raise RuntimeError("builder exploded")
+
+    def half_broken(dtype, device):
+        impls = bench.ROWS["fork_k3_s1"][1](dtype, device)
+        impls[1] = bench._Impl("exploding impl", "ours", lambda: (_ for _ in ()).throw(MemoryError("no room")))
+        return impls
+
+    monkeypatch.setitem(bench.ROWS, "broken", ("a broken row", broken))
+    monkeypatch.setitem(bench.ROWS, "half", ("a half-broken row", half_broken))
+    n = torch.get_num_threads()
+    rc = bench.run_from_args(_args(rows="broken,half", threads=1, repeat=1, budget=0.2, quiet=True,
+                                   no_memory=True))
+    assert torch.get_num_threads() == n
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "builder exploded" in captured.out
+    assert "exploding impl" in captured.out and "MemoryError: no room" in captured.out
+    assert "2 implementation(s) FAILED" in captured.err
+    # the rest of the half-broken row still ran, and its ratios skip the failed entry
+    assert "baseline (Algorithm 1)" in captured.out

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 import conversenet
+from _reference import psnr_ref
 from conversenet.models import create
 
 WEIGHTS = Path(conversenet.__file__).resolve().parent / "weights" / "dncnn.pth"
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(1.0 / mse))
+    return psnr_ref(a, b, peak=1.0)
 
 
 def test_builtin_file_is_small_plain_float32():

@@ -17,13 +17,7 @@ from _reference import dense_converse, conv_down_matrix, eq6, softmax_kernel
 from conversenet.functional import PADDING_MODES, conv_down, converse2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,7 +132,7 @@ def test_agrees_with_paper_eq6(device, s, x0):
     y = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64)
     k = softmax_kernel(gen, 1, 3, 5, 5)
     lam = torch.tensor([1e-3, 1.33e-4, 0.3], dtype=torch.float64).reshape(1, 3, 1, 1)
-    ref = eq6(y, k, lam, s, x0)
+    ref = eq6(y, k, lam, s, x0=x0)
     out = converse2d(y.to(device), k.to(device), lam.to(device), s, 0, "circular", x0)
     assert _rel(out, ref) < 1e-9
 
@@ -206,7 +200,7 @@ def test_float32_accuracy_at_paper_setting(device):
 def test_half_precision_inputs(device, dtype, s):
     gen = torch.Generator().manual_seed(5)
     y = torch.randn(2, 3, 10, 9, generator=gen).to(device, dtype)
-    k = softmax_kernel(gen, 1, 3, 5, 5, torch.float32).to(device, dtype)
+    k = softmax_kernel(gen, 1, 3, 5, 5, dtype=torch.float32).to(device, dtype)
     lam = torch.tensor([1e-2, 1e-3, 0.1], device=device, dtype=dtype)
     out = converse2d(y, k, lam, s, 4, "replicate")
     assert out.dtype == dtype
@@ -222,7 +216,7 @@ def test_autocast_bfloat16_function_and_module():
 
     gen = torch.Generator().manual_seed(6)
     y = torch.randn(1, 4, 12, 10, generator=gen)
-    k = softmax_kernel(gen, 1, 4, 3, 3, torch.float32)
+    k = softmax_kernel(gen, 1, 4, 3, 3, dtype=torch.float32)
     plain = converse2d(y, k, 1e-2, 2, 2)
     layer = Converse2d(4, 3, scale=2, padding=2)
     plain_mod = layer(y)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from _reference import softmax_kernel
 from conversenet.functional import converse1d, converse2d, converse3d
 from conversenet.functional.converse_nd import converse_nd
 from conversenet.nn import Converse1d, Converse3d
@@ -73,10 +74,6 @@ def dense_converse_nd(y, kernel, lam, scales, padding=0, mode="circular", x0="in
     return out
 
 
-def _kernel(gen, b, c, ks):
-    raw = torch.randn(b, c, math.prod(ks), generator=gen, dtype=torch.float64)
-    return torch.softmax(raw, -1).reshape(b, c, *ks)
-
 
 def _lam(gen, b, c, d):
     return (1e-3 + 0.2 * torch.rand(b, c, generator=gen, dtype=torch.float64)).reshape(b, c, *([1] * d))
@@ -100,7 +97,7 @@ CASES_1D = [
 def test_converse1d_matches_dense_solve(device, s, k, length, padding, mode, x0, per_sample):
     gen = torch.Generator().manual_seed(100 + s * 10 + k)
     y = torch.randn(2, 3, length, generator=gen, dtype=torch.float64)
-    w = _kernel(gen, 2 if per_sample else 1, 3, (k,))
+    w = softmax_kernel(gen, 2 if per_sample else 1, 3, k)
     lam = _lam(gen, 2 if per_sample else 1, 3, 1)
     x0v = torch.randn(2, 3, length * s, generator=gen, dtype=torch.float64) if x0 == "tensor" else x0
     ref = dense_converse_nd(y.numpy(), w.numpy(), lam.reshape(lam.shape[:2]).numpy(), (s,), padding, mode,
@@ -126,7 +123,7 @@ def test_converse3d_matches_dense_solve(device, scale, ks, size, padding, mode, 
     gen = torch.Generator().manual_seed(7 + sum(size))
     scales = scale if isinstance(scale, tuple) else (scale,) * 3
     y = torch.randn(2, 2, *size, generator=gen, dtype=torch.float64)
-    w = _kernel(gen, 2 if per_sample else 1, 2, ks)
+    w = softmax_kernel(gen, 2 if per_sample else 1, 2, *ks)
     lam = _lam(gen, 1, 2, 3)
     out_size = tuple(s * m for s, m in zip(scales, size))
     x0v = torch.randn(2, 2, *out_size, generator=gen, dtype=torch.float64) if x0 == "tensor" else x0
@@ -159,7 +156,7 @@ def test_exact_data_is_recovered_with_small_lam():
     torch.testing.assert_close(out, x, rtol=0, atol=1e-7)
     # a constant signal stays constant for any lam when the kernel sums to 1 (x0 = nearest)
     const = torch.full((1, 2, 5, 4, 3), 0.7, dtype=torch.float64)
-    out3 = converse3d(const, _kernel(gen, 1, 2, (3, 3, 3)), 0.05, scale=2, padding=2, padding_mode="replicate")
+    out3 = converse3d(const, softmax_kernel(gen, 1, 2, 3, 3, 3), 0.05, scale=2, padding=2, padding_mode="replicate")
     torch.testing.assert_close(out3, torch.full_like(out3, 0.7), rtol=0, atol=1e-12)
 
 
@@ -172,7 +169,7 @@ def test_exact_data_is_recovered_with_small_lam():
 def test_nd_with_two_axes_equals_converse2d(device, s, mode, padding, x0):
     gen = torch.Generator().manual_seed(11 * s + padding)
     y = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64).to(device)
-    k = _kernel(gen, 2, 3, (3, 4)).to(device)
+    k = softmax_kernel(gen, 2, 3, 3, 4).to(device)
     lam = _lam(gen, 1, 3, 2).to(device)
     x0v = torch.randn(2, 3, 5 * s, 7 * s, generator=gen, dtype=torch.float64).to(device) if x0 == "tensor" else x0
     ref = converse2d(y, k, lam, s, padding, mode, x0v)
@@ -187,7 +184,7 @@ def test_converse3d_with_one_slice_equals_converse2d(device, s, mode, padding):
     that the depth-1 kernel never mixes in)."""
     gen = torch.Generator().manual_seed(21 + s)
     y = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64).to(device)
-    k = _kernel(gen, 1, 3, (3, 3)).to(device)
+    k = softmax_kernel(gen, 1, 3, 3, 3).to(device)
     lam = _lam(gen, 1, 3, 2).to(device)
     ref = converse2d(y, k, lam, s, padding, mode)
     out = converse3d(y[:, :, None], k[:, :, None], lam[..., None], (1, s, s), padding, mode)
@@ -199,7 +196,7 @@ def test_converse3d_with_one_slice_equals_converse2d(device, s, mode, padding):
 def test_converse1d_equals_converse3d_on_a_line(s, mode, padding, x0):
     gen = torch.Generator().manual_seed(31 + s)
     y = torch.randn(2, 2, 9, generator=gen, dtype=torch.float64)
-    k = _kernel(gen, 2, 2, (5,))
+    k = softmax_kernel(gen, 2, 2, 5)
     lam = _lam(gen, 2, 2, 1)
     out1 = converse1d(y, k, lam, s, padding, mode, x0)
     # every (h, w) line carries the same signal: a 4x4 plane so that all modes can pad it
@@ -254,7 +251,7 @@ def test_gradcheck_3d(device, scale, mode, padding, x0):
 def test_non_contiguous_inputs(device):
     gen = torch.Generator().manual_seed(61)
     y1 = torch.randn(2, 3, 11, generator=gen, dtype=torch.float64).to(device)
-    k1 = _kernel(gen, 1, 3, (5,)).to(device)
+    k1 = softmax_kernel(gen, 1, 3, 5).to(device)
     base1 = converse1d(y1, k1, 1e-2, 2, 3, "reflect")
     big1 = torch.zeros(2, 6, 25, dtype=torch.float64, device=device)
     big1[:, ::2, 1:23:2] = y1
@@ -265,7 +262,7 @@ def test_non_contiguous_inputs(device):
         torch.testing.assert_close(converse1d(yy, kk, 1e-2, 2, 3, "reflect"), base1, rtol=1e-12, atol=1e-12)
 
     y3 = torch.randn(2, 3, 4, 5, 6, generator=gen, dtype=torch.float64).to(device)
-    k3 = _kernel(gen, 2, 3, (3, 3, 3)).to(device)
+    k3 = softmax_kernel(gen, 2, 3, 3, 3, 3).to(device)
     base3 = converse3d(y3, k3, 1e-2, (1, 2, 2), 2, "replicate")
     cl = y3.contiguous(memory_format=torch.channels_last_3d)
     perm = y3.permute(0, 1, 4, 3, 2).contiguous().permute(0, 1, 4, 3, 2)
@@ -280,14 +277,14 @@ def test_non_contiguous_inputs(device):
 def test_half_precision_inputs(dtype):
     gen = torch.Generator().manual_seed(71)
     y = torch.randn(1, 2, 3, 6, 5, generator=gen)
-    k = _kernel(gen, 1, 2, (3, 3, 3)).float()
+    k = softmax_kernel(gen, 1, 2, 3, 3, 3).float()
     out = converse3d(y.to(dtype), k.to(dtype), 0.01, 2, 2, "replicate")
     ref = converse3d(y.to(dtype).float(), k.to(dtype).float(), 0.01, 2, 2, "replicate")
     assert out.dtype == dtype
     tol = 1e-2 if dtype == torch.float16 else 4e-2  # the output's rounding only
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
     y1 = torch.randn(2, 3, 10, generator=gen)
-    out1 = converse1d(y1.to(dtype), _kernel(gen, 1, 3, (5,)).to(dtype), 0.01, 3, 2)
+    out1 = converse1d(y1.to(dtype), softmax_kernel(gen, 1, 3, 5).to(dtype), 0.01, 3, 2)
     assert out1.dtype == dtype and out1.shape == (2, 3, 30) and torch.isfinite(out1.float()).all()
 
 

@@ -114,9 +114,9 @@ def test_errors():
         with pytest.raises(ValueError, match=match):
             ConverseUpsample(**kwargs)
     up = ConverseUpsample(4, 2, 2)
-    with pytest.raises(ValueError, match=r"x must be \(N, 4, H, W\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 4, H, W\)"):
         up(torch.randn(1, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"x must be \(N, 4, H, W\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 4, H, W\)"):
         up(torch.randn(4, 8, 8))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         up([[1.0]])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from _reference import eq6, softmax_kernel
+from conversenet import _tuning
 from conversenet.functional import _fft, _fft_policy, converse2d
 
 HAS_SCIPY = _fft_policy.scipy_fft() is not None
@@ -78,7 +79,7 @@ def test_every_path_matches_explicit_dft(h, w, dtype, tol):
 def test_grouped_paths_match_explicit_dft(monkeypatch, path):
     """Without autograd, many planes go a few at a time (3 per group here) into one output."""
     h, w = 158, 30
-    monkeypatch.setattr(_fft, "_GROUP_ELEMS", 3 * h * (w // 2 + 1))
+    monkeypatch.setattr(_tuning, "FFT_GROUP_ELEMS", 3 * h * (w // 2 + 1))
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 4, h, w, generator=gen, dtype=torch.float64)  # 8 planes: 3 + 3 + 2
     assert _fft._groups(x, h * (w // 2 + 1)) == 3
@@ -169,7 +170,7 @@ def test_forced_path_is_the_one_that_runs(monkeypatch):
 
 def test_measured_decision_is_recorded_and_logged(monkeypatch, caplog):
     monkeypatch.delenv(_fft_policy.ENV, raising=False)
-    monkeypatch.setattr(_fft_policy, "BUDGET_S", 0.0)  # one timed round
+    monkeypatch.setattr(_tuning, "FFT_BUDGET_S", 0.0)  # one timed round
     _fft_policy.clear()
     x = torch.randn(5, 158, 40)
     with caplog.at_level(logging.DEBUG, logger="conversenet.fft"), torch.no_grad():
@@ -200,7 +201,7 @@ def test_disk_cache_roundtrip_and_bad_file(monkeypatch, tmp_path):
     path = tmp_path / "sub" / "fft.json"
     monkeypatch.setenv(_fft_policy.CACHE_ENV, str(path))
     monkeypatch.delenv(_fft_policy.ENV, raising=False)
-    monkeypatch.setattr(_fft_policy, "BUDGET_S", 0.0)
+    monkeypatch.setattr(_tuning, "FFT_BUDGET_S", 0.0)
     _fft_policy.clear()
     with torch.no_grad():
         _fft.rfft2(torch.randn(3, 158, 40))

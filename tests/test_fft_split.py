@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from _reference import eq6, softmax_kernel
+from conversenet import _tuning
 from conversenet.functional import _fft, _fft_policy, converse2d
 
 SPLIT_SIZES = [(2, 79), (3, 101), (4, 131), (8, 97), (6, 7)]
@@ -94,7 +95,7 @@ def _check_split_size(s, h, padding):
 @pytest.mark.parametrize("h,w", [(158, 30), (524, 12)])
 def test_grouped_split_path_matches_numpy(monkeypatch, h, w):
     """Many planes without autograd are transformed a few planes at a time into one output."""
-    monkeypatch.setattr(_fft, "_GROUP_ELEMS", 3 * h * (w // 2 + 1))  # 3 planes per group
+    monkeypatch.setattr(_tuning, "FFT_GROUP_ELEMS", 3 * h * (w // 2 + 1))  # 3 planes per group
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, h, w, generator=gen, dtype=torch.float64)  # 8 planes: groups 3+3+2
     ref = np.fft.rfft2(x.numpy())

@@ -28,6 +28,7 @@ from conversenet.models import create, list_models
 from conversenet.nn import Converse2d, ConverseBlock
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _reference import softmax_kernel  # noqa: E402
 from test_models import inputs, run, small  # noqa: E402  (small registry models)
 
 CUDA = torch.cuda.is_available()
@@ -42,9 +43,6 @@ def _fresh_compile_state():
     yield
     torch._dynamo.reset()
 
-
-def _kernel(gen, b, c, k, dtype=torch.float32):
-    return torch.softmax(torch.randn(b, c, k * k, generator=gen, dtype=dtype), -1).reshape(b, c, k, k)
 
 
 def _rounding_only(out, ref, dtype):
@@ -61,7 +59,7 @@ def _rounding_only(out, ref, dtype):
 def test_half_inputs_forward_backward(dtype, s):
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(2, 3, 9, 10, generator=gen).to(dtype).requires_grad_()
-    k = _kernel(gen, 1, 3, 5).to(dtype).requires_grad_()
+    k = softmax_kernel(gen, 1, 3, 5, 5, dtype=torch.float32).to(dtype).requires_grad_()
     lam = torch.tensor([1e-2, 1e-3, 0.1], dtype=dtype, requires_grad=True)
     out = converse2d(y, k, lam, s, 4, "replicate")
     assert out.dtype == dtype
@@ -82,7 +80,7 @@ def test_half_inputs_forward_backward(dtype, s):
 def test_autocast_cpu_output_dtype_and_tolerance(ac_dtype, in_dtype):
     gen = torch.Generator().manual_seed(1)
     y = torch.randn(2, 4, 11, 9, generator=gen).to(in_dtype)
-    k = _kernel(gen, 1, 4, 3)
+    k = softmax_kernel(gen, 1, 4, 3, 3, dtype=torch.float32)
     ref = converse2d(y.double(), k.double(), 1e-2, 2, 2).float()
     with torch.autocast("cpu", dtype=ac_dtype):
         out = converse2d(y, k, 1e-2, 2, 2)
@@ -226,7 +224,7 @@ def test_compile_solver_is_one_custom_op_node():
     graphs = []
     gen = torch.Generator().manual_seed(7)
     y = torch.randn(1, 2, 8, 9, generator=gen)
-    k = _kernel(gen, 1, 2, 3)
+    k = softmax_kernel(gen, 1, 2, 3, 3, dtype=torch.float32)
     f = torch.compile(lambda y, k: converse2d(y, k, 1e-2, 2, 2, "reflect"), backend=_graph_recorder(graphs),
                       fullgraph=True)
     torch.testing.assert_close(f(y, k), converse2d(y, k, 1e-2, 2, 2, "reflect"), rtol=0, atol=0)
@@ -250,7 +248,7 @@ def test_eager_does_not_use_the_custom_op(monkeypatch):
 def _check_compiled_function(s, x0, mode="reflect"):
     gen = torch.Generator().manual_seed(8 + s)
     y = torch.randn(2, 3, 8, 9, generator=gen, requires_grad=True)
-    k = _kernel(gen, 1, 3, 3).requires_grad_()
+    k = softmax_kernel(gen, 1, 3, 3, 3, dtype=torch.float32).requires_grad_()
     lam = torch.tensor([1e-2, 1e-3, 1e-1], requires_grad=True)
     x0t = torch.randn(2, 3, 8 * s, 9 * s, generator=gen, requires_grad=True) if x0 == "tensor" else x0
 
@@ -329,7 +327,7 @@ def official_dir_or_none():
 def test_compile_autocast_channels_last_and_filter_argument():
     gen = torch.Generator().manual_seed(11)
     y = torch.randn(2, 3, 8, 9, generator=gen).contiguous(memory_format=torch.channels_last)
-    k = _kernel(gen, 1, 3, 3)
+    k = softmax_kernel(gen, 1, 3, 3, 3, dtype=torch.float32)
 
     def f(y, k):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -351,7 +349,7 @@ def test_custom_op_opcheck():
 
     gen = torch.Generator().manual_seed(12)
     y = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = _kernel(gen, 1, 3, 3, torch.float64).requires_grad_()
+    k = softmax_kernel(gen, 1, 3, 3, 3).requires_grad_()
     lam = torch.tensor([1e-2, 1e-3, 1e-1], dtype=torch.float64).reshape(1, 3, 1, 1).requires_grad_()
     x0 = torch.randn(2, 3, 12, 14, generator=gen, dtype=torch.float64, requires_grad=True)
     for args in [(y, k, lam, None, None, 1, [2, 2, 2, 2], "reflect", "interp"),
@@ -380,7 +378,7 @@ def _layouts(t):
 def test_memory_formats_equal_contiguous_with_gradients(s):
     gen = torch.Generator().manual_seed(13)
     y = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64)
-    k = _kernel(gen, 1, 3, 3, torch.float64)
+    k = softmax_kernel(gen, 1, 3, 3, 3)
     lam = torch.tensor([1e-2, 1e-3, 1e-1], dtype=torch.float64)
     yc = y.clone().requires_grad_()
     ref = converse2d(yc, k, lam, s, 2, "reflect")
@@ -417,7 +415,7 @@ def test_channels_last_network_equals_contiguous():
 def test_cuda_equals_cpu_float64(s):
     gen = torch.Generator().manual_seed(15)
     y = torch.randn(2, 3, 17, 12, generator=gen)
-    k = _kernel(gen, 1, 3, 5)
+    k = softmax_kernel(gen, 1, 3, 5, 5, dtype=torch.float32)
     ref = converse2d(y.double(), k.double(), 1e-2, s, 4, "reflect")
     out = converse2d(y.cuda(), k.cuda(), 1e-2, s, 4, "reflect")
     assert out.device.type == "cuda"
@@ -441,7 +439,7 @@ def test_device_without_fft_gets_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(torch.fft, "rfft2", rfft2)
     # a fresh probe cache without "meta" (an earlier test may have probed it already)
-    monkeypatch.setattr(_fc, "_FFT_DEVICES", {d: ok for d, ok in _fc._FFT_DEVICES.items() if d != "meta"})
+    monkeypatch.setattr(_fc, "FFT_DEVICES", _fc._FftDevices())
     y = torch.randn(1, 2, 8, 8, device="meta")
     k = torch.ones(1, 2, 3, 3, device="meta")
     for _ in range(2):

@@ -8,16 +8,10 @@ import torch.nn.functional as F
 from conversenet import models
 from conversenet.models import WeightsError, create, list_models
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny tensors (tests/conftest.py)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny tensors: threading overhead dominates on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def nparams(m):

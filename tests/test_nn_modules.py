@@ -7,17 +7,12 @@ import pytest
 import torch
 
 from _reference import dense_converse, layernorm2d
+from conversenet import _tuning
 from conversenet.functional import converse2d
 from conversenet.nn import Converse2d, ConverseBlock, LayerNorm2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 # --------------------------------------------------------------------------------------
@@ -345,7 +340,7 @@ def test_block_no_grad_path_never_writes_inputs_or_earlier_outputs(monkeypatch):
     earlier must stay intact while later blocks run (the workspace threshold is lowered so
     that these small tensors go through it)."""
     from conversenet.nn import converse as nc
-    monkeypatch.setattr(nc, "_WORKSPACE_MIN_ELEMS", 1)
+    monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1)
     g = torch.Generator().manual_seed(5)
     blocks = torch.nn.Sequential(*[ConverseBlock(4, kernel_size=3, residual_scale=True) for _ in range(3)]).double()
     with torch.no_grad():

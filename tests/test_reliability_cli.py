@@ -14,7 +14,6 @@
   in an input folder are reported; ``train --check`` checks the data paths.
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -25,42 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import conversenet.restore as R
 from conversenet.cli import main
 from conversenet.data import read_image, write_image
-from conversenet.models import create
 
-from _train_helpers import REPO, cli_env, tiny_config, write_config
-
-TINY = {
-    "converse_dncnn": {"width": 4, "num_blocks": 1},
-    "converse_srresnet": {"width": 4, "num_blocks": 1},
-    "converse_usrnet": {"width": 4, "num_blocks": 1, "iterations": 1},
-}
+from _train_helpers import REPO, cli_env, random_image as _img, sha256_file as _sha, tiny_config, write_config
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    for name, args in TINY.items():
-        torch.save(create(name, **args).state_dict(), d / f"{name}.pth")
-        (d / f"{name}.json").write_text(json.dumps({"model": name, "args": args}))
-    return d
-
-
-def _img(seed, shape, dtype=np.uint8):
-    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
-
-
-def _sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _denoise(inputs, out, ckpts, *extra):
-    return main(["denoise", *map(str, inputs), "-o", str(out), "--weights", str(ckpts / "converse_dncnn.pth"),
+def _denoise(inputs, out, tiny_ckpts, *extra):
+    return main(["denoise", *map(str, inputs), "-o", str(out), "--weights", str(tiny_ckpts / "converse_dncnn.pth"),
                  "--no-progress", "--device", "cpu", *extra])
 
 
@@ -72,26 +45,26 @@ def _names(folder: Path):
 # --------------------------------------------------------------------------------------
 # item 4: --compare
 # --------------------------------------------------------------------------------------
-def test_reliability_compare_never_replaces_an_existing_file(ckpts, tmp_path, capsys):
+def test_reliability_compare_never_replaces_an_existing_file(tiny_ckpts, tmp_path, capsys):
     write_image(tmp_path / "in" / "a.png", _img(0, (24, 24, 1)))
     mine = tmp_path / "out" / "compare" / "a.png"
     write_image(mine, _img(1, (10, 10, 3)))
     before = _sha(mine)
-    rc = _denoise([tmp_path / "in"], tmp_path / "out", ckpts, "--compare")
+    rc = _denoise([tmp_path / "in"], tmp_path / "out", tiny_ckpts, "--compare")
     err = capsys.readouterr().err
     assert rc == 1 and "compare" in err and "exists" in err and "--overwrite" in err
     assert _sha(mine) == before
     assert not (tmp_path / "out" / "a.png").exists()  # refused before any work, not half done
-    rc = _denoise([tmp_path / "in"], tmp_path / "out", ckpts, "--compare", "--overwrite")
+    rc = _denoise([tmp_path / "in"], tmp_path / "out", tiny_ckpts, "--compare", "--overwrite")
     assert rc == 0 and _sha(mine) != before
     assert read_image(mine)[0].shape == (24, 2 * 24 + 4, 1)
 
 
-def test_reliability_compare_outputs_of_one_run_never_collide(ckpts, tmp_path, capsys):
+def test_reliability_compare_outputs_of_one_run_never_collide(tiny_ckpts, tmp_path, capsys):
     png, jpg = _img(0, (24, 24, 1)), _img(1, (24, 24, 1))
     write_image(tmp_path / "in" / "a.png", png)
     write_image(tmp_path / "in" / "a.jpg", jpg)
-    rc = _denoise([tmp_path / "in"], tmp_path / "out", ckpts, "--compare")
+    rc = _denoise([tmp_path / "in"], tmp_path / "out", tiny_ckpts, "--compare")
     out = capsys.readouterr().out
     assert rc == 0
     assert _names(tmp_path / "out") == ["a.jpg", "a.png", "compare"]
@@ -117,7 +90,7 @@ def test_reliability_degrade_format_change_never_collides(tmp_path, capsys):
 # item 5: non-finite inputs
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_reliability_nonfinite_npy_refused_before_the_network(ckpts, tmp_path, monkeypatch, capsys, bad):
+def test_reliability_nonfinite_npy_refused_before_the_network(tiny_ckpts, tmp_path, monkeypatch, capsys, bad):
     a = np.random.default_rng(0).random((24, 24), dtype=np.float32)
     a[3, 4] = bad
     (tmp_path / "in").mkdir()
@@ -125,21 +98,21 @@ def test_reliability_nonfinite_npy_refused_before_the_network(ckpts, tmp_path, m
     calls = []
     real = R.restore_array
     monkeypatch.setattr(R, "restore_array", lambda img, *k, **kw: calls.append(img) or real(img, *k, **kw))
-    rc = _denoise([tmp_path / "in" / "x.npy"], tmp_path / "out", ckpts)
+    rc = _denoise([tmp_path / "in" / "x.npy"], tmp_path / "out", tiny_ckpts)
     err = capsys.readouterr().err
     assert rc == 1 and calls == []
     assert "x.npy" in err and "NaN or infinite" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() or _names(tmp_path / "out") == []
 
 
-def test_reliability_nonfinite_float_tiff_refused(ckpts, tmp_path, capsys):
+def test_reliability_nonfinite_float_tiff_refused(tiny_ckpts, tmp_path, capsys):
     tifffile = pytest.importorskip("tifffile")
     a = np.random.default_rng(0).random((24, 24), dtype=np.float32)
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "ok.tif", a)
     a[0, 0] = np.nan
     tifffile.imwrite(tmp_path / "in" / "nan.tif", a)
-    rc = _denoise([tmp_path / "in"], tmp_path / "out", ckpts)
+    rc = _denoise([tmp_path / "in"], tmp_path / "out", tiny_ckpts)
     err = capsys.readouterr().err
     assert rc == 1 and "nan.tif" in err and "NaN" in err
     assert _names(tmp_path / "out") == ["ok.tif"]
@@ -241,11 +214,11 @@ def three_images(tmp_path):
 
 @pytest.mark.parametrize("command,sig", [("denoise", signal.SIGINT), ("denoise", signal.SIGTERM),
                                          ("sr", signal.SIGINT), ("deblur", signal.SIGTERM)])
-def test_reliability_restore_commands_stop_on_signals(ckpts, three_images, tmp_path, command, sig):
+def test_reliability_restore_commands_stop_on_signals(tiny_ckpts, three_images, tmp_path, command, sig):
     out = tmp_path / "out"
     model = {"denoise": "converse_dncnn", "sr": "converse_srresnet", "deblur": "converse_usrnet"}[command]
     extra = ["--kernel", "gaussian:1.6"] if command == "deblur" else []
-    rc, _, err = _run_and_signal([command, three_images, "-o", out, "--weights", ckpts / f"{model}.pth",
+    rc, _, err = _run_and_signal([command, three_images, "-o", out, "--weights", tiny_ckpts / f"{model}.pth",
                                   "--no-progress", "--device", "cpu", "--threads", "1", *extra],
                                  "fsync:2", sig)  # inside the write of b.png
     assert rc == 128 + sig, err
@@ -383,7 +356,7 @@ def test_reliability_checkpoint_write_on_full_disk(tmp_path, capsys, monkeypatch
 # --------------------------------------------------------------------------------------
 # item 10: checks before work
 # --------------------------------------------------------------------------------------
-def test_reliability_all_inputs_and_outputs_checked_before_the_first_network_call(ckpts, tmp_path, monkeypatch,
+def test_reliability_all_inputs_and_outputs_checked_before_the_first_network_call(tiny_ckpts, tmp_path, monkeypatch,
                                                                                    capsys):
     from PIL import Image
 
@@ -404,7 +377,7 @@ def test_reliability_all_inputs_and_outputs_checked_before_the_first_network_cal
         return real(*a, **k)
 
     monkeypatch.setattr(R, "restore_array", spy)
-    rc = _denoise([d / "a.png", d / "anim.gif", d / "b.png"], out, ckpts)
+    rc = _denoise([d / "a.png", d / "anim.gif", d / "b.png"], out, tiny_ckpts)
     assert rc == 1
     early = err_at_first_call[0]
     assert "anim.gif" in early and "2 frames" in early
@@ -413,13 +386,13 @@ def test_reliability_all_inputs_and_outputs_checked_before_the_first_network_cal
     assert _sha(out / "b.png") == before_b and not (out / "anim.gif").exists()
 
 
-def test_reliability_broken_links_in_an_input_folder_are_reported(ckpts, tmp_path, capsys):
+def test_reliability_broken_links_in_an_input_folder_are_reported(tiny_ckpts, tmp_path, capsys):
     d = tmp_path / "in"
     write_image(d / "a.png", _img(0, (24, 24, 1)))
     (d / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (d / "loop1.png").symlink_to(d / "loop2.png")
     (d / "loop2.png").symlink_to(d / "loop1.png")
-    rc = _denoise([d], tmp_path / "out", ckpts)
+    rc = _denoise([d], tmp_path / "out", tiny_ckpts)
     err = capsys.readouterr().err.splitlines()
     assert rc == 1
     assert len([ln for ln in err if "dangling.png:" in ln and "dangling symbolic link" in ln]) == 1
@@ -436,7 +409,7 @@ def test_reliability_eval_refuses_a_dataset_with_a_broken_link(three_images, tmp
     assert rc == 2 and "d.png" in line and "broken symbolic link" in line
 
 
-def test_reliability_unwritable_output_folder_stops_before_the_model(ckpts, tmp_path, monkeypatch, capsys):
+def test_reliability_unwritable_output_folder_stops_before_the_model(tiny_ckpts, tmp_path, monkeypatch, capsys):
     ro = _read_only_dir()
     write_image(tmp_path / "a.png", _img(0, (24, 24, 1)))
     monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("model loaded"))

@@ -15,12 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _reference import softmax_kernel
 from conversenet.functional import conv_down, converse2d
 from conversenet.nn import Converse2d
 
-
-def _kernel(gen, b, c, k, dtype=torch.float32):
-    return torch.softmax(torch.randn(b, c, k * k, generator=gen, dtype=dtype), -1).reshape(b, c, k, k)
 
 
 # --------------------------------------------------------------------------------------
@@ -32,7 +30,8 @@ def _kernel(gen, b, c, k, dtype=torch.float32):
 def test_reliability_empty_batch_or_channels(n, c, s, x0):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, 7, 6, generator=gen, requires_grad=True)
-    weight = _kernel(gen, 1, c, 3).requires_grad_() if c else torch.zeros(1, 0, 3, 3, requires_grad=True)
+    weight = (softmax_kernel(gen, 1, c, 3, 3, dtype=torch.float32).requires_grad_() if c
+              else torch.zeros(1, 0, 3, 3, requires_grad=True))
     lam = torch.full((c,), 1e-2, requires_grad=True)
     x0_arg = torch.randn(n, c, 7 * s, 6 * s, generator=gen, requires_grad=True) if x0 == "tensor" else x0
     out = converse2d(x, weight, lam, scale=s, padding=2, padding_mode="reflect", x0=x0_arg)
@@ -101,7 +100,7 @@ def test_reliability_non_finite_lam_tensor_refused(bad, form):
 def test_reliability_huge_lam_clear_error_or_correct_result():
     gen = torch.Generator().manual_seed(3)
     y = torch.randn(2, 3, 8, 9, generator=gen)
-    k = _kernel(gen, 1, 3, 3)
+    k = softmax_kernel(gen, 1, 3, 3, 3, dtype=torch.float32)
     # beyond float32: refused with a message naming lam and the compute dtype, for float,
     # float64-tensor and half inputs alike (no "cannot be converted ... overflow")
     for lam in (1e300, torch.tensor([1e-2, 1e300, 1e-2], dtype=torch.float64), 1e39):
@@ -138,7 +137,7 @@ def test_reliability_huge_lam_clear_error_or_correct_result():
 def test_reliability_gradgradcheck(s, mode):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = _kernel(gen, 2, 2, 3, torch.float64).requires_grad_()
+    k = softmax_kernel(gen, 2, 2, 3, 3).requires_grad_()
     lam = (0.05 + 0.1 * torch.rand(2, generator=gen, dtype=torch.float64)).requires_grad_()
 
     def f(x, k, lam):
@@ -153,7 +152,7 @@ def test_reliability_gradgradcheck_one_input(which):
     gen = torch.Generator().manual_seed(5)
     args = {
         "x": torch.randn(1, 2, 5, 5, generator=gen, dtype=torch.float64),
-        "weight": _kernel(gen, 1, 2, 3, torch.float64),
+        "weight": softmax_kernel(gen, 1, 2, 3, 3),
         "lam": torch.tensor([0.05, 0.2], dtype=torch.float64),
     }
     t = args[which].requires_grad_()

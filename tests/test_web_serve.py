@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _reference import psnr_ref
 from conversenet.data import write_image
 from conversenet.restore import sample_image
 from conversenet.web.engine import Engine, WebError, clean_uploads
@@ -46,9 +47,7 @@ def _noisy(clean: np.ndarray, sigma: float = 25.0, seed: int = 0, maxv: float = 
     return np.clip(np.round(x), 0, maxv).astype(clean.dtype)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray, maxv: float = 255.0) -> float:
-    d = a.astype(np.float64) - b.astype(np.float64)
-    return float(10 * np.log10(maxv**2 / np.mean(d * d)))
+_psnr = psnr_ref  # (a, b, peak=255.0)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Official checkpoints: lookup order, SHA-256 checks, download failures, strict loading,
 and the faithfulness of the released networks against the authors' published numbers."""
 
-import hashlib
 import shutil
 import time
 import urllib.error
@@ -10,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from _reference import psnr_ref
+from _train_helpers import sha256_file as _sha
 from conversenet.models import WeightsError, create
 from conversenet.models import weights as w
 
@@ -37,8 +38,6 @@ def isolated(monkeypatch, tmp_path):
     return env, hub / "checkpoints" / "conversenet"
 
 
-def _sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_hashes_are_hex_and_cover_the_four_files():
@@ -184,12 +183,7 @@ def _read(path, mode):
     return np.asarray(Image.open(path).convert(mode))
 
 
-def _psnr(a, b, border=0):
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    if border:
-        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
-    return 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+_psnr = psnr_ref  # (a, b, peak=255.0, border=0)
 
 
 @pytest.mark.slow

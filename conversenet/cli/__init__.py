@@ -48,6 +48,17 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
+def check_flag(flag: str, value, minimum: int = 1) -> int:
+    """An integer option ``>= minimum`` (:func:`conversenet.checks.check_int`), its error
+    as a :class:`CLIError` naming the option ("--threads must be >= 1, got 0")."""
+    from ..checks import check_int
+
+    try:
+        return check_int(flag, value, minimum)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 class Terminated(KeyboardInterrupt):
     """Raised by the SIGTERM handler of :func:`stop_signals` (exit code 143).
 
@@ -104,6 +115,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()  # --threads holds for the command only (main() may run in-process)
     try:
         with stop_signals():
             rc = args.func(args)
@@ -118,4 +132,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"conversenet {args.command}: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); "
               "no partial files left", file=sys.stderr)
         return code
+    finally:
+        torch.set_num_threads(threads)
     return int(rc or 0)

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import CLIError, exit_code
+from . import CLIError, check_flag, exit_code
 
 
 def add_parser(sub) -> None:
@@ -176,12 +176,10 @@ def _run_cells(args, state: dict, ctx) -> int:
     from .._atomic import WriteError, check_writable_dir
     from ..models import as_restoration_model
 
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    if args.limit is not None:
+        check_flag("--limit", args.limit)
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_flag("--threads", args.threads))
     device = _device(args.device)
     combos = list(itertools.product(_unique(args.model), _unique(args.dataset), _unique(args.kernel or [None]),
                                     _unique(args.sigma or [None])))

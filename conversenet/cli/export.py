@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from . import CLIError
+from . import CLIError, check_flag
 
 TOLERANCE = 1e-4  # max abs difference from PyTorch (float32) that the check accepts
 
@@ -65,12 +65,9 @@ def run(args) -> int:
         size = E.check_size(args.size)
     except ValueError as e:
         raise CLIError(f"--size: {e}") from e
-    if args.batch < 1:
-        raise CLIError(f"--batch must be >= 1, got {args.batch}")
+    check_flag("--batch", args.batch)
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_flag("--threads", args.threads))
     if args.format == "onnx" and not args.no_check:
         try:
             E._require("onnxruntime")

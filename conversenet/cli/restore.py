@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from . import CLIError
+from . import CLIError, check_flag
 
 NAMES = ("denoise", "sr", "deblur", "demo", "degrade")
 NPY = ".npy"
@@ -411,9 +411,7 @@ def _setup(args):
     from .. import restore as R
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_flag("--threads", args.threads))
     if args.tile is not None and args.tile < 0:
         raise CLIError(f"--tile must be >= 0, got {args.tile}")
     overlap = R.DEFAULT_OVERLAP if args.overlap is None else args.overlap
@@ -632,8 +630,7 @@ def run_degrade(args) -> int:
 
     if args.sigma is not None and not (args.sigma >= 0):
         raise CLIError(f"--sigma must be >= 0, got {args.sigma}")
-    if args.scale < 1:
-        raise CLIError(f"--scale must be >= 1, got {args.scale}")
+    check_flag("--scale", args.scale)
     t = get_task(args.task)
     k = None
     if t.uses_kernel:

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from . import CLIError
+from . import CLIError, check_flag
 
 
 def add_parser(sub) -> None:
@@ -40,12 +40,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    if args.max_pixels is not None:
+        check_flag("--max-pixels", args.max_pixels)
     if args.tile is not None and (args.tile < 0 or 0 < args.tile <= 32):
         raise CLIError(f"--tile must be 0 (never tile) or larger than the 32-pixel tile overlap, got {args.tile}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        check_flag("--threads", args.threads)
     from .. import restore as R
 
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, check_flag
 
 
 def add_parser(sub) -> None:
@@ -50,8 +50,7 @@ def run(args) -> int:
         raise CLIError(f"{out} exists (use --overwrite to replace it)")
     if args.image is not None and Path(args.image).resolve() == out.resolve():
         raise CLIError("--output must not be the input image")
-    if args.size < 16:
-        raise CLIError(f"--size must be >= 16, got {args.size}")
+    check_flag("--size", args.size, 16)
     from .._atomic import WriteError, check_writable_dir
 
     try:  # a read-only place fails now, before the model is built

@@ -30,6 +30,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..functional import conv_down
 
 __all__ = [
@@ -53,9 +54,7 @@ def _check_sigma(sigma) -> float:
 
 
 def _check_scale(scale) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    return int(scale)
+    return check_int("scale", scale, 1)
 
 
 def _check_kernel_np(kernel) -> np.ndarray:

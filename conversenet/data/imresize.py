@@ -36,6 +36,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..checks import check_int
+
 __all__ = ["imresize", "modcrop", "cubic", "resize_weights"]
 
 Image = Union[np.ndarray, torch.Tensor]
@@ -196,8 +198,7 @@ def modcrop(img: Image, scale: int) -> Image:
     (8, 4, 3)
     """
     _check_image(img)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = check_int("scale", scale, 1)
     h, w = _spatial(img)
     hh, ww = h - h % scale, w - w % scale
     if hh == 0 or ww == 0:

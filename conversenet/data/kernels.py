@@ -25,6 +25,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from ..checks import check_int, check_int_tuple, check_positive_number
 from .io import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -67,16 +68,8 @@ def check_kernel(kernel, normalize: bool = True, name: str = "kernel") -> np.nda
 
 
 def _size(size: Size) -> Tuple[int, int]:
-    sz = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(sz) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sz):
-        raise ValueError(f"size must be a positive integer or a pair of them, got {size!r}")
-    return int(sz[0]), int(sz[1])
+    return check_int_tuple("size", size, 2)  # type: ignore[return-value]
 
-
-def _positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
-    return float(v)
 
 
 def _grid(size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -94,7 +87,7 @@ def gaussian_kernel(size: Size, sigma: float) -> np.ndarray:
     >>> k.shape, round(float(k.sum()), 12), bool(k[2, 2] == k.max())
     ((5, 5), 1.0, True)
     """
-    sigma = _positive("sigma", sigma)
+    sigma = check_positive_number("sigma", sigma)
     yy, xx = _grid(_size(size))
     return check_kernel(np.exp(-(xx**2 + yy**2) / (2.0 * sigma**2)))
 
@@ -109,7 +102,7 @@ def anisotropic_gaussian_kernel(size: Size, sigma_x: float, sigma_y: float, thet
     >>> bool(k[4, 8] > k[8, 4])  # wider along x (columns) than along y (rows)
     True
     """
-    sx, sy = _positive("sigma_x", sigma_x), _positive("sigma_y", sigma_y)
+    sx, sy = check_positive_number("sigma_x", sigma_x), check_positive_number("sigma_y", sigma_y)
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not math.isfinite(theta):
         raise ValueError(f"theta must be a finite number (radians), got {theta!r}")
     yy, xx = _grid(_size(size))
@@ -146,15 +139,14 @@ def motion_kernel(
     ((15, 15), 1.0, True)
     """
     kh, kw = _size(size)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    n_steps = check_int("n_steps", n_steps, 1)
     if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real) or not (math.isfinite(jitter) and jitter >= 0):
         raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     side = min(kh, kw)
     if length is None:
         length = rng.uniform(side / 4.0, side * 3.0 / 4.0)
-    length = _positive("length", length)
+    length = check_positive_number("length", length)
     heading = rng.uniform(0.0, 2.0 * math.pi) + np.cumsum(np.concatenate([[0.0], rng.normal(0.0, jitter, n_steps - 1)]))
     steps = np.stack([np.cos(heading), np.sin(heading)], axis=1) * (length / n_steps)
     pts = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])  # (n+1, 2) as (x, y)

@@ -24,7 +24,8 @@ measurement on first use (:mod:`conversenet.functional._fft_policy`; force one w
   about 1.5x faster than scipy.fft at 268 x 268.
 
 ``"axes"`` and ``"split"`` without autograd transform many planes a few at a time (about
-``_GROUP_ELEMS`` elements per group, into one output), so that each group stays in cache.
+``conversenet._tuning.FFT_GROUP_ELEMS`` elements per group, into one output), so that each
+group stays in cache.
 
 Split (N = N1 * N2, ``n = N2 n1 + n2``, ``k = k1 + N1 k2``)::
 
@@ -42,6 +43,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from .. import _caches, _tuning
 from . import _fft_policy as policy
 
 __all__ = ["rfft2", "irfft2", "fft_h", "ct_split", "PATHS"]
@@ -49,9 +51,6 @@ __all__ = ["rfft2", "irfft2", "fft_h", "ct_split", "PATHS"]
 PATHS = policy.PATHS
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _REAL = {c: r for r, c in _COMPLEX.items()}
-# below this many elements per call every implementation takes microseconds: torch.fft,
-# without measuring
-_MIN_MEASURED = 1 << 13
 
 
 def ct_split(n: int, device: torch.device) -> Optional[int]:
@@ -62,7 +61,7 @@ def ct_split(n: int, device: torch.device) -> Optional[int]:
     return policy.split_factor(n)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _ct_tables(n1: int, n2: int, inverse: bool, device: torch.device, cdtype: torch.dtype):
     """(N1, N1) DFT matrix (scaled by 1/N for the inverse) and (N1, N2, 1) twiddles.
 
@@ -79,6 +78,10 @@ def _ct_tables(n1: int, n2: int, inverse: bool, device: torch.device, cdtype: to
         tw = tw.to(torch.float64) * (sign * 2 * math.pi / n)
         tw = torch.polar(torch.ones_like(tw), tw)[:, :, None]
         return f1.to(device=device, dtype=cdtype), tw.to(device=device, dtype=cdtype)
+
+
+_caches.register("split-fft-tables", "Cooley-Tukey DFT matrices and twiddles of the split FFT",
+                 _caches.TABLES, _ct_tables)
 
 
 def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
@@ -111,17 +114,12 @@ def fft_h(z: torch.Tensor, inverse: bool = False, n1: Optional[int] = None,
     return out
 
 
-# planes are transformed in groups of about this many complex elements by "axes"/"split"
-# without autograd: per group everything stays in cache (Xeon, 2 threads, 524 x 524: 4-16
-# planes at a time were 1.5-2.3x faster than MKL's rfft2, 128 at once slower)
-_GROUP_ELEMS = 1 << 20
-
-
 def _groups(t: torch.Tensor, plane: int) -> Optional[int]:
     """Planes per group for the grouped paths, or None to transform in one call."""
     if torch.is_grad_enabled() and t.requires_grad:
         return None  # the grouped path writes into a preallocated output (no autograd)
-    step = max(1, _GROUP_ELEMS // plane)
+    # groups of about FFT_GROUP_ELEMS elements stay in cache (conversenet._tuning)
+    step = max(1, _tuning.FFT_GROUP_ELEMS // plane)
     return step if t.numel() // (t.shape[-1] * t.shape[-2]) > step else None
 
 
@@ -217,7 +215,7 @@ def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
         if path not in paths:
             raise ValueError(f"path {path!r} does not apply here (available: {paths})")
         return path
-    if len(paths) == 1 or t.numel() < _MIN_MEASURED or torch.compiler.is_compiling():
+    if len(paths) == 1 or t.numel() < _tuning.FFT_MIN_MEASURED or torch.compiler.is_compiling():
         return "torch"  # tiny transforms; and no timing inside a torch.compile trace
     grad = torch.is_grad_enabled() and t.requires_grad
     dtype = _REAL.get(t.dtype, t.dtype)

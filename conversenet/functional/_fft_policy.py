@@ -10,8 +10,9 @@ only where no autograd graph is recorded. Which one is fastest depends on the CP
 versions (an FFT size MKL runs fast on one Xeon is 2x slower than pocketfft on an EPYC), so
 nothing is hard-coded: the first time the solver meets a (direction, plane size, batch
 bucket, dtype, threads, autograd) combination on a CPU, every available implementation is
-timed on a tensor of that shape (interleaved, a few calls each, about ``BUDGET_S`` seconds
-in all) and the fastest is kept for the rest of the process. GPUs always use torch.fft.
+timed on a tensor of that shape (interleaved, a few calls each, about
+``conversenet._tuning.FFT_BUDGET_S`` seconds in all) and the fastest is kept for the rest
+of the process (at most ``FFT_MAX_DECISIONS`` of them). GPUs always use torch.fft.
 
 Decisions are logged (``logging.getLogger("conversenet.fft")`` at DEBUG), listed by
 :func:`decisions` (``conversenet bench --explain`` prints them), and can be overridden:
@@ -46,17 +47,16 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-__all__ = ["PATHS", "choose", "force", "forced", "decisions", "format_decisions", "clear",
-           "fft_library", "scipy_fft", "ducc_fft", "split_factor", "measuring_seconds", "BUDGET_S"]
+from .. import _caches, _tuning
+
+__all__ = ["PATHS", "choose", "force", "forced", "decisions", "format_decisions", "clear", "snapshot", "adopt",
+           "fft_library", "scipy_fft", "ducc_fft", "split_factor", "measuring_seconds"]
 
 log = logging.getLogger("conversenet.fft")
 
 PATHS = ("torch", "axes", "split", "scipy", "ducc")
 ENV = "CONVERSENET_FFT"
 CACHE_ENV = "CONVERSENET_FFT_CACHE"
-BUDGET_S = 0.5  # measuring time per decision (soft cap, checked after each round)
-_MIN_REPS, _MAX_REPS = 3, 7  # rounds; the best of a few calls resists a noisy neighbour
-_MEASURE_ELEMS = 1 << 22  # measured tensors hold at most this many elements (batch capped)
 
 _lock = threading.RLock()
 _decisions: Dict[str, dict] = {}
@@ -204,7 +204,7 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
         times = _measure(candidates, planes, h * w)
         _spent[0] += time.perf_counter() - t0
         path = min(times, key=times.get)
-        _decisions[key] = {"path": path, "ms": {k: round(v * 1e3, 3) for k, v in times.items()}}
+        _remember(key, {"path": path, "ms": {k: round(v * 1e3, 3) for k, v in times.items()}})
         log.debug("fft %s: %s (%s)", key, path,
                   ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1])))
         _save_disk()
@@ -213,21 +213,24 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
 
 def _measure(candidates: Dict[str, Callable[[int], Runner]], planes: int, plane: int) -> Dict[str, float]:
     """Best time per call of each candidate, interleaved (round robin) so that a noisy
-    neighbour hurts all alike; at least ``_MIN_REPS`` rounds (one when ``BUDGET_S`` is 0),
-    then more until ``_MAX_REPS`` rounds or ``BUDGET_S`` seconds."""
-    n = max(1, min(_bucket(planes), _MEASURE_ELEMS // max(1, plane)))
+    neighbour hurts all alike; at least ``FFT_MIN_REPS`` rounds (one when ``FFT_BUDGET_S``
+    is 0), then more until ``FFT_MAX_REPS`` rounds or ``FFT_BUDGET_S`` seconds (all in
+    :mod:`conversenet._tuning`)."""
+    t = _tuning
+    n = max(1, min(_bucket(planes), t.FFT_MEASURE_ELEMS // max(1, plane)))
     with torch.no_grad():
         runners = {name: make(n) for name, make in candidates.items()}
         for run in runners.values():  # warm-up: plans, tables, thread pools
             run()
         best = {name: math.inf for name in runners}
         t_start = time.perf_counter()
-        for rnd in range(_MAX_REPS):
+        for rnd in range(t.FFT_MAX_REPS):
             for name, run in runners.items():
                 t0 = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - t0)
-            if (rnd + 1 >= _MIN_REPS or BUDGET_S <= 0) and time.perf_counter() - t_start > BUDGET_S:
+            if ((rnd + 1 >= t.FFT_MIN_REPS or t.FFT_BUDGET_S <= 0)
+                    and time.perf_counter() - t_start > t.FFT_BUDGET_S):
                 break
     return best
 
@@ -263,11 +266,58 @@ def format_decisions() -> str:
     return "\n".join(lines)
 
 
+def _valid(key, d) -> bool:
+    """A decision entry as :func:`choose` writes it (checked before anything is taken in)."""
+    return (isinstance(key, str) and key.count("|") == 5 and isinstance(d, dict)
+            and d.get("path") in PATHS and isinstance(d.get("ms"), dict)
+            and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in d["ms"].items()))
+
+
+def _remember(key: str, d: dict) -> None:
+    """Stores one decision; beyond ``MAX_DECISIONS`` the oldest is forgotten (measured
+    again if met again), so a process meeting endless sizes keeps a bounded table."""
+    _decisions.pop(key, None)
+    _decisions[key] = d
+    while len(_decisions) > _tuning.FFT_MAX_DECISIONS:
+        del _decisions[next(iter(_decisions))]
+
+
+def snapshot() -> Dict[str, dict]:
+    """A copy of this process's decisions (key -> ``{"path", "ms"}``), for :func:`adopt`."""
+    with _lock:
+        return {k: {"path": d["path"], "ms": dict(d["ms"])} for k, d in _decisions.items()}
+
+
+def adopt(entries: Dict[str, dict]) -> None:
+    """Takes in decisions made by another process (:func:`snapshot`); invalid entries are
+    ignored. The benchmark's memory worker uses it so that its first calls do not time
+    candidates again."""
+    with _lock:
+        for key, d in entries.items():
+            if _valid(key, d):
+                _remember(key, {"path": d["path"], "ms": dict(d["ms"])})
+
+
 def clear() -> None:
     """Forgets every decision of this process (the disk cache is read again on next use)."""
     with _lock:
         _decisions.clear()
         _disk_loaded[0] = False
+
+
+class _Decisions:
+    """The decision table as :mod:`conversenet._caches` lists it (``clear()``, ``len()``)."""
+
+    def clear(self) -> None:
+        clear()
+
+    def __len__(self) -> int:
+        return len(_decisions)
+
+
+DECISIONS = _Decisions()
+_caches.register("fft-policy", "CPU FFT implementation chosen per (direction, size, batch, dtype, threads, autograd)",
+                 "FFT_MAX_DECISIONS entries, oldest first out (conversenet._tuning)", DECISIONS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,11 +360,8 @@ def _load_disk() -> None:
             data = json.load(f)
         entries = data.get("machines", {}).get(_fingerprint(), {})
         for key, d in entries.items():
-            ok = (isinstance(key, str) and key.count("|") == 5 and isinstance(d, dict)
-                  and d.get("path") in PATHS and isinstance(d.get("ms"), dict)
-                  and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in d["ms"].items()))
-            if ok:
-                _decisions.setdefault(key, {"path": d["path"], "ms": dict(d["ms"])})
+            if _valid(key, d) and key not in _decisions:
+                _remember(key, {"path": d["path"], "ms": dict(d["ms"])})
     except (OSError, ValueError, AttributeError) as e:
         log.debug("fft policy cache %s ignored: %s", path, e)
 
@@ -345,7 +392,8 @@ def _save_disk() -> None:
 
 
 def _split_factor(n: int) -> Optional[int]:
-    """N1 of a Cooley-Tukey split N = N1 * p (p the largest prime factor, N1 in 2..8), or None."""
+    """N1 of a Cooley-Tukey split N = N1 * p (p the largest prime factor), or None: the
+    window ``2 <= N1 <= FFT_SPLIT_MAX_N1``, ``p >= FFT_SPLIT_MIN_PRIME`` (conversenet._tuning)."""
     m, best, p = n, 1, 2
     while p * p <= m:
         while m % p == 0:
@@ -353,7 +401,7 @@ def _split_factor(n: int) -> Optional[int]:
         p += 1
     p = max(best, m) if m > 1 else best
     n1 = n // p
-    return n1 if 2 <= n1 <= 8 and p >= 11 else None
+    return n1 if 2 <= n1 <= _tuning.FFT_SPLIT_MAX_N1 and p >= _tuning.FFT_SPLIT_MIN_PRIME else None
 
 
 def split_factor(n: int) -> Optional[int]:

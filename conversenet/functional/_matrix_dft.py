@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _caches, _tuning
+
 __all__ = ["export_mode", "export_active", "filter_parts", "apply_filter", "kernel_otf_parts", "solve"]
 
 
@@ -97,28 +99,28 @@ def _phase(rows: int, cols: int, n: int, col_offset: int = 0) -> np.ndarray:
     return (2.0 * np.pi / n) * np.mod(u * a, n).astype(np.float64)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _fwd_w(w: int, wh: int) -> np.ndarray:
     """(w, 2 wh): ``y @ M`` = [Re | Im] of the first wh DFT columns of a length-w axis."""
     ph = _phase(wh, w, w)
     return np.concatenate([np.cos(ph), -np.sin(ph)], 0).T.copy()
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _fwd_h(h: int, rows: int) -> np.ndarray:
     """(2 rows, h): [cos; sin] of ``exp(-2 pi i u a / h)``, u < rows (periodic: tiles by rows/h)."""
     ph = _phase(rows, h, h)
     return np.concatenate([np.cos(ph), np.sin(ph)], 0)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _inv_h(n: int) -> np.ndarray:
     """(2n, n): [cos; sin] of ``exp(+2 pi i m u / n) / n``."""
     ph = _phase(n, n, n)
     return np.concatenate([np.cos(ph), np.sin(ph)], 0) / n
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _inv_w(n: int) -> np.ndarray:
     """(2 (n//2+1), n): ``[U_re | U_im] @ M`` is irfft over a length-n axis (c2r)."""
     wh = n // 2 + 1
@@ -130,14 +132,14 @@ def _inv_w(n: int) -> np.ndarray:
     return np.concatenate([c * np.cos(ph), -c * np.sin(ph)], 0)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _kernel_mats(n: int, k: int, rows: int) -> np.ndarray:
     """(2, rows, k): cos and sin of ``2 pi u (a - k//2) / n`` (the kernel's centre at 0)."""
     ph = _phase(rows, k, n, k // 2)
     return np.stack([np.cos(ph), np.sin(ph)])
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _box(s: int, m: int, n: int) -> np.ndarray:
     """(2, m, n): Re and Im of the DFT of an s x s box at offsets [0, s)."""
 
@@ -146,6 +148,10 @@ def _box(s: int, m: int, n: int) -> np.ndarray:
 
     b = axis(m)[:, None] * axis(n)[None, :]
     return np.stack([b.real, b.imag])
+
+
+_caches.register("export-tables", "export_mode(): real DFT matrices and box spectra (numpy float64)",
+                 _caches.TABLES, _fwd_w, _fwd_h, _inv_h, _inv_w, _kernel_mats, _box)
 
 
 def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from typing import List, Optional
 
 import torch
 
+from ..checks import check_lam_values
+
 __all__ = ["converse2d_solve", "converse2d_solve_backward"]
 
 Tensor = torch.Tensor
@@ -46,7 +48,7 @@ def converse2d_solve(
     c = _impl()
     with _eager_dispatch(), torch.no_grad():
         # lam values cannot be checked while tracing (data-dependent); they are here
-        c._check_lam_values(lam, lam.dtype)
+        check_lam_values(lam, lam.dtype)
         return c._solve(y, weight, lam, x0, filt, scale, tuple(pads), padding_mode, x0_mode).contiguous()
 
 

@@ -32,12 +32,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import _caches, _tuning
 from . import _fft
 
 __all__ = ["converse_up"]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _phase_matrix(size: int, first: int, count: int, rows: int, device: torch.device,
                   cdtype: torch.dtype) -> torch.Tensor:
     """(rows, count) matrix ``exp(-2 pi i u (first + e) / size)``, phases reduced exactly."""
@@ -89,7 +90,7 @@ def _lag_sum(a: torch.Tensor, b: torch.Tensor, sign: int) -> torch.Tensor:
     return out.reshape(*lead, oh, ow)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _lag_index(ah: int, aw: int, bh: int, bw: int, sign: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         i = torch.arange(ah).reshape(ah, 1, 1, 1)
@@ -100,6 +101,10 @@ def _lag_index(ah: int, aw: int, bh: int, bw: int, sign: int, device: torch.devi
         row = k + sign * i + (ah - 1 if sign < 0 else 0)
         col = m + sign * j + (aw - 1 if sign < 0 else 0)
         return (row * (aw + bw - 1) + col).reshape(-1).to(device)
+
+
+_caches.register("upsolve-tables", "phase matrices and correlation index maps of the s > 1 solve",
+                 _caches.TABLES, _phase_matrix, _lag_index)
 
 
 def _gain(weight: torch.Tensor, lam: torch.Tensor, s: int, h: int, w: int, x0: str) -> torch.Tensor:

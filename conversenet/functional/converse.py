@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from .. import _caches, _tuning
+from ..checks import check_choice, check_input_and_kernel, check_int, check_lam, check_padding, check_tensor
 from . import _fft, _matrix_dft, _solve_op, _upsolve
 
 __all__ = [
@@ -46,119 +47,6 @@ PADDING_MODES = ("circular", "reflect", "replicate", "constant")
 X0_MODES = ("interp", "zero")
 
 Lam = Union[float, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------
-# validation (everything is checked before any arithmetic happens)
-# --------------------------------------------------------------------------------------
-def _check_float(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex() or not t.is_floating_point():
-        raise TypeError(f"{name} must have a real floating dtype, got {t.dtype}")
-
-
-def _check_int(name: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {v!r}")
-    v = int(v)
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
-def _check_x(x: torch.Tensor) -> None:
-    _check_float("x", x)
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-
-
-def _check_weight(weight: torch.Tensor, n: int, c: int) -> None:
-    _check_float("weight", weight)
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D (1 or N, C, kh, kw), got shape {tuple(weight.shape)}")
-    if weight.shape[1] != c:
-        raise ValueError(f"weight has {weight.shape[1]} channels but x has {c}")
-    if weight.shape[2] < 1 or weight.shape[3] < 1:
-        raise ValueError(
-            f"weight: kernel must be at least 1x1, got {weight.shape[2]}x{weight.shape[3]}"
-        )
-    if weight.shape[0] not in (1, n):
-        raise ValueError(
-            f"weight batch must be 1 (shared) or N={n} (per-sample), got {weight.shape[0]}"
-        )
-
-
-def _lam_tensor(lam: Lam, n: int, c: int, ref: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
-    """Validates lam and returns it as a (1 or N, C, 1, 1) tensor of ``compute`` dtype.
-
-    lam must be positive, finite and representable in ``compute`` (the solve's dtype:
-    float32 for float32/float16/bfloat16 inputs, float64 for float64 inputs); a larger lam
-    would turn into inf there and the closed form into inf/inf.
-    """
-    big = torch.finfo(compute).max
-    if isinstance(lam, bool):
-        raise ValueError(f"lam must be a positive number or tensor, got {lam!r}")
-    if isinstance(lam, numbers.Real):
-        if not lam > 0 or not math.isfinite(lam):
-            raise ValueError(f"lam must be positive and finite, got {lam}")
-        if lam > big:
-            raise ValueError(_lam_too_large(float(lam), compute))
-        return torch.full((1, c, 1, 1), float(lam), dtype=compute, device=ref.device)
-    if not isinstance(lam, torch.Tensor):
-        raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
-    _check_float("lam", lam)
-    if lam.dim() == 0:
-        t = lam.reshape(1, 1, 1, 1).expand(1, c, 1, 1)
-    elif lam.dim() == 1 and lam.shape[0] in (1, c):
-        t = lam.reshape(1, -1, 1, 1).expand(1, c, 1, 1)
-    elif lam.dim() == 4 and lam.shape[0] in (1, n) and lam.shape[1] in (1, c) and lam.shape[2:] == (1, 1):
-        t = lam.expand(lam.shape[0], c, 1, 1)
-    else:
-        raise ValueError(
-            f"lam must be a float, a C-vector, 1xCx1x1 or NxCx1x1 (N={n}, C={c}); "
-            f"got shape {tuple(lam.shape)}"
-        )
-    # values are checked here in eager mode (one host sync on a C-vector); a compiled
-    # graph checks them inside the solver op instead, which runs on real tensors
-    if not torch.compiler.is_compiling() and lam.device.type != "meta":
-        _check_lam_values(lam.detach(), compute)
-    return t.to(compute)
-
-
-def _lam_too_large(value: float, compute: torch.dtype) -> str:
-    return (
-        f"lam={value:g} is too large: the solve runs in {str(compute).replace('torch.', '')}, "
-        f"whose largest finite value is {torch.finfo(compute).max:g} (use float64 inputs "
-        "for a larger lam; the result tends to x0 as lam grows)"
-    )
-
-
-def _check_lam_values(lam: torch.Tensor, compute: torch.dtype) -> None:
-    """Raises ValueError unless every lam is positive, finite and finite in ``compute``."""
-    big = torch.finfo(compute).max
-    if bool(((lam > 0) & (lam <= big)).all()):  # NaN fails both comparisons
-        return
-    if not bool((lam > 0).all()):
-        raise ValueError("lam must be positive everywhere (got a value <= 0 or NaN)")
-    if not bool(torch.isfinite(lam).all()):
-        raise ValueError("lam must be finite everywhere (got inf)")
-    raise ValueError(_lam_too_large(float(lam.max()), compute))
-
-
-def _check_padding(padding: int, padding_mode: str, h: int, w: int) -> int:
-    padding = _check_int("padding", padding, 0)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if padding_mode == "reflect" and padding >= min(h, w):
-        raise ValueError(
-            f"padding={padding} with padding_mode='reflect' needs padding < min(H, W)={min(h, w)}"
-        )
-    if padding_mode == "circular" and padding > min(h, w):
-        raise ValueError(
-            f"padding={padding} with padding_mode='circular' needs padding <= min(H, W)={min(h, w)}"
-        )
-    return padding
 
 
 # --------------------------------------------------------------------------------------
@@ -187,7 +75,7 @@ def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = Fal
     """
     kh, kw = weight.shape[-2:]
     m, n = size
-    if kh * kw <= _DFT_MAX_TAPS:
+    if kh * kw <= _tuning.DFT_MAX_TAPS:
         cdtype = torch.complex128 if weight.dtype == torch.float64 else torch.complex64
         em = _dft_matrix(m, kh, m, weight.device, cdtype)  # (M, kh)
         en = _dft_matrix(n, kw, n // 2 + 1 if onesided else n, weight.device, cdtype)  # (N', kw)
@@ -197,11 +85,7 @@ def kernel_otf(weight: torch.Tensor, size: Tuple[int, int], onesided: bool = Fal
     return torch.fft.rfft2(padded) if onesided else torch.fft.fft2(padded)
 
 
-# kernels with at most this many taps are transformed by DFT matrices, not FFTs
-_DFT_MAX_TAPS = 256
-
-
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _dft_matrix(size: int, k: int, rows: int, device: torch.device, cdtype: torch.dtype) -> torch.Tensor:
     """(rows, k) matrix ``exp(-2 pi i u (a - k//2) / size)``, u < rows, a < k.
 
@@ -248,10 +132,14 @@ def _tile_mul(a: torch.Tensor, z: torch.Tensor, s: int) -> torch.Tensor:
     return prod.reshape(*prod.shape[:-3], sh, wh)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
 def _wrap_index(n: int, w: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):
         return torch.arange(n, device=device) % w
+
+
+_caches.register("solver-tables", "kernel DFT matrices and tiled-spectrum column indices by size and device",
+                 _caches.TABLES, _dft_matrix, _wrap_index)
 
 
 def _box_spectrum(s: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -468,12 +356,6 @@ def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
     return _fft.irfft2(_tile_mul(g, torch.fft.fft2(yp), s), big)
 
 
-# without autograd, channels are solved in groups of about this many output elements, so
-# that the padded input, its spectrum and the FFT work space exist for one group at a time
-_CHUNK_ELEMS = 1 << 20
-_CHUNK_ELEMS_GPU = 1 << 28
-
-
 def _converse_chunked(
     y: torch.Tensor, k_or_g: torch.Tensor, lam: Optional[torch.Tensor], pads: Pads, mode: str,
     s: int, x0: str, size: Tuple[int, int],
@@ -486,7 +368,9 @@ def _converse_chunked(
     n, c, h, w = y.shape
     hp, wp = size
     # GPUs: one group (many small groups would be launch-bound; memory is plentiful there)
-    budget = _CHUNK_ELEMS if y.device.type == "cpu" else _CHUNK_ELEMS_GPU
+    # channel groups of about SOLVE_CHUNK_ELEMS output elements: the padded input, its
+    # spectrum and the FFT work space exist for one group at a time (conversenet._tuning)
+    budget = _tuning.SOLVE_CHUNK_ELEMS if y.device.type == "cpu" else _tuning.SOLVE_CHUNK_ELEMS_GPU
     step = max(1, budget // (n * s * s * hp * wp))
     threads = torch.get_num_threads()
     if y.device.type == "cpu" and step < c and step >= threads:  # whole FFT batches per thread
@@ -547,8 +431,7 @@ def fft_pads(h: int, w: int, padding: int, scale: int, mode: str, fft_size: str 
         >>> fft_pads(256, 250, 6, 1, "circular", "fast")  # 268 = 4*67 -> 270, 262 -> 270
         (10, 10, 7, 7)
     """
-    if fft_size not in FFT_SIZES:
-        raise ValueError(f"fft_size must be one of {FFT_SIZES}, got {fft_size!r}")
+    check_choice("fft_size", fft_size, FFT_SIZES)
     if fft_size == "exact":
         return (padding,) * 4
 
@@ -627,14 +510,14 @@ def converse2d(
         >>> out.shape
         torch.Size([2, 3, 32, 40])
     """
-    _check_x(x)
-    n, c, h, w = x.shape
-    _check_weight(weight, n, c)
-    scale = _check_int("scale", scale, 1)
-    padding = _check_padding(padding, padding_mode, h, w)
+    # everything is checked before any arithmetic happens (conversenet.checks)
+    n, c = check_input_and_kernel(x, weight, 2)
+    h, w = x.shape[-2:]
+    scale = check_int("scale", scale, 1)
+    padding = check_padding(padding, padding_mode, (h, w), PADDING_MODES)
     pads = fft_pads(h, w, padding, scale, padding_mode, fft_size)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    lam_c = _lam_tensor(lam, n, c, weight, compute)
+    lam_c = check_lam(lam, n, c, 2, weight.device, compute)
     kh, kw = weight.shape[-2:]
     hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
     if kh > scale * hp or kw > scale * wp:
@@ -644,14 +527,14 @@ def converse2d(
         )
     x0_tensor = None
     if isinstance(x0, torch.Tensor):
-        _check_float("x0", x0)
+        check_tensor("x0", x0)
         if tuple(x0.shape) != (n, c, h * scale, w * scale):
             raise ValueError(
                 f"x0 must have the output's shape {(n, c, h * scale, w * scale)}, got {tuple(x0.shape)}"
             )
         x0_tensor = x0
-    elif x0 not in X0_MODES:
-        raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
+    else:
+        check_choice("x0", x0, X0_MODES, " or a tensor")
     check_fft_device(x.device)
 
     if _matrix_dft.export_active():  # export_mode(): real DFT matrices, no FFTs/complex
@@ -713,8 +596,27 @@ def _empty_result(y, k, lam, x0, filt, s) -> torch.Tensor:
     return out
 
 
-# device types whose torch.fft is known to work; others are probed once (see below)
-_FFT_DEVICES = {"cpu": True, "cuda": True}
+class _FftDevices:
+    """Whether torch.fft runs on a device type: cpu and cuda are known to, any other type is
+    probed once (listed in :mod:`conversenet._caches`; ``clear()`` forgets the probes)."""
+
+    _KNOWN = {"cpu": True, "cuda": True}
+
+    def __init__(self) -> None:
+        self.ok: dict = dict(self._KNOWN)
+        self.errors: dict = {}
+
+    def clear(self) -> None:
+        self.ok = dict(self._KNOWN)
+        self.errors = {}
+
+    def __len__(self) -> int:  # device types probed (the known ones are not a cache)
+        return sum(1 for k in self.ok if k not in self._KNOWN)
+
+
+FFT_DEVICES = _FftDevices()
+_caches.register("fft-devices", "whether torch.fft runs on a device type (probed once per type)",
+                 "one entry per device type probed", FFT_DEVICES)
 
 
 def check_fft_device(device: torch.device) -> None:
@@ -723,7 +625,8 @@ def check_fft_device(device: torch.device) -> None:
     CPU and CUDA are known to; any other device type is probed once with a tiny real FFT
     round trip, and the answer is cached per device type.
     """
-    ok = _FFT_DEVICES.get(device.type)
+    probes = FFT_DEVICES
+    ok = probes.ok.get(device.type)
     if ok is None:
         try:
             z = torch.fft.rfft2(torch.ones(2, 2, device=device))
@@ -731,17 +634,15 @@ def check_fft_device(device: torch.device) -> None:
             ok = True
         except Exception as e:  # any failure means: no usable FFT there
             ok = False
-            _FFT_ERRORS[device.type] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        _FFT_DEVICES[device.type] = ok
+            probes.errors[device.type] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        probes.ok[device.type] = ok
     if not ok:
         raise RuntimeError(
             f"converse2d needs torch.fft, which does not run on device '{device}' "
-            f"({_FFT_ERRORS.get(device.type, 'probe failed')}); move the input and the "
+            f"({probes.errors.get(device.type, 'probe failed')}); move the input and the "
             "layer to a device with FFT support (cpu or cuda)"
         )
 
-
-_FFT_ERRORS: dict = {}
 
 
 def _solve(
@@ -791,10 +692,9 @@ def conv_down(x: torch.Tensor, weight: torch.Tensor, scale: int = 1) -> torch.Te
         >>> conv_down(torch.randn(1, 2, 8, 6), torch.ones(1, 2, 3, 3) / 9, scale=2).shape
         torch.Size([1, 2, 4, 3])
     """
-    _check_x(x)
-    n, c, h, w = x.shape
-    _check_weight(weight, n, c)
-    scale = _check_int("scale", scale, 1)
+    n, c = check_input_and_kernel(x, weight, 2)
+    h, w = x.shape[-2:]
+    scale = check_int("scale", scale, 1)
     if h % scale or w % scale:
         raise ValueError(f"x size {h}x{w} must be divisible by scale={scale}")
     kh, kw = weight.shape[-2:]

@@ -28,21 +28,18 @@ agree to float64 rounding); ``converse2d`` stays the tuned 2-D path.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from .converse import PADDING_MODES, X0_MODES, _check_float, _check_int, _dft_matrix
+from ..checks import check_choice, check_input_and_kernel, check_int, check_lam, check_padding, check_tensor
+from .converse import PADDING_MODES, X0_MODES, _dft_matrix
 
 __all__ = ["converse1d", "converse3d", "converse_nd", "converse_filter_nd"]
 
 Lam = Union[float, torch.Tensor]
 Scale = Union[int, Sequence[int]]
-
-_SHAPE_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
-_KERNEL_NAMES = {1: "k", 2: "kh, kw", 3: "kd, kh, kw"}
 
 
 # --------------------------------------------------------------------------------------
@@ -52,40 +49,8 @@ def _check_scale(scale: Scale, d: int) -> Tuple[int, ...]:
     if isinstance(scale, (tuple, list)):
         if len(scale) != d:
             raise ValueError(f"scale must be an integer or a tuple of {d} integers, got {scale!r}")
-        return tuple(_check_int("scale", v, 1) for v in scale)
-    return (_check_int("scale", scale, 1),) * d
-
-
-def _lam_nd(lam: Lam, n: int, c: int, d: int, ref: torch.Tensor) -> torch.Tensor:
-    """Validates lam and returns it as a (1 or N, C, 1, ..., 1) tensor (d trailing ones)."""
-    ones = (1,) * d
-    if isinstance(lam, bool):
-        raise ValueError(f"lam must be a positive number or tensor, got {lam!r}")
-    if isinstance(lam, numbers.Real):
-        if not lam > 0 or not math.isfinite(lam):
-            raise ValueError(f"lam must be positive and finite, got {lam}")
-        return torch.full((1, c, *ones), float(lam), dtype=ref.dtype, device=ref.device)
-    if not isinstance(lam, torch.Tensor):
-        raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
-    _check_float("lam", lam)
-    if lam.dim() == 0:
-        t = lam.reshape(1, 1, *ones).expand(1, c, *ones)
-    elif lam.dim() == 1 and lam.shape[0] in (1, c):
-        t = lam.reshape(1, -1, *ones).expand(1, c, *ones)
-    elif (lam.dim() == d + 2 and lam.shape[0] in (1, n) and lam.shape[1] in (1, c)
-          and tuple(lam.shape[2:]) == ones):
-        t = lam.expand(lam.shape[0], c, *ones)
-    else:
-        shape = "x".join(["1", "C"] + ["1"] * d)
-        raise ValueError(
-            f"lam must be a float, a C-vector, {shape} or {shape.replace('1', 'N', 1)} "
-            f"(N={n}, C={c}); got shape {tuple(lam.shape)}"
-        )
-    if lam.numel() and not bool((lam.detach() > 0).all()):  # NaN fails too
-        raise ValueError("lam must be positive everywhere (got a value <= 0 or NaN)")
-    if lam.numel() and not bool(torch.isfinite(lam.detach()).all()):
-        raise ValueError("lam must be finite everywhere (got inf)")
-    return t
+        return tuple(check_int("scale", v, 1) for v in scale)
+    return (check_int("scale", scale, 1),) * d
 
 
 def _output_dtype(x: torch.Tensor) -> torch.dtype:
@@ -95,45 +60,6 @@ def _output_dtype(x: torch.Tensor) -> torch.dtype:
             and torch.is_autocast_enabled(dev)):
         return torch.get_autocast_dtype(dev)
     return x.dtype
-
-
-def _check_inputs(x, weight, d: int) -> Tuple[int, int]:
-    _check_float("x", x)
-    if x.dim() != d + 2:
-        raise ValueError(f"x must be {d + 2}-D {_SHAPE_NAMES[d]}, got shape {tuple(x.shape)}")
-    n, c = x.shape[:2]
-    if any(v == 0 for v in x.shape[2:]):
-        raise ValueError(f"x must have non-empty spatial axes, got shape {tuple(x.shape)}")
-    _check_float("weight", weight)
-    if weight.dim() != d + 2:
-        raise ValueError(
-            f"weight must be {d + 2}-D (1 or N, C, {_KERNEL_NAMES[d]}), got shape {tuple(weight.shape)}"
-        )
-    if weight.shape[1] != c:
-        raise ValueError(f"weight has {weight.shape[1]} channels but x has {c}")
-    if weight.shape[0] not in (1, n):
-        raise ValueError(f"weight batch must be 1 (shared) or N={n} (per-sample), got {weight.shape[0]}")
-    if any(v == 0 for v in weight.shape[2:]):
-        raise ValueError(f"weight must not be empty, got shape {tuple(weight.shape)}")
-    return n, c
-
-
-def _check_padding(padding: int, padding_mode: str, sizes: Tuple[int, ...]) -> int:
-    padding = _check_int("padding", padding, 0)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    smallest = min(sizes)
-    if padding_mode == "reflect" and padding >= smallest:
-        raise ValueError(
-            f"padding={padding} with padding_mode='reflect' needs padding < the smallest "
-            f"spatial size ({smallest})"
-        )
-    if padding_mode == "circular" and padding > smallest:
-        raise ValueError(
-            f"padding={padding} with padding_mode='circular' needs padding <= the smallest "
-            f"spatial size ({smallest})"
-        )
-    return padding
 
 
 # --------------------------------------------------------------------------------------
@@ -275,11 +201,13 @@ def converse_nd(
     if ndim not in (1, 2, 3):
         raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
     d = ndim
-    n, c = _check_inputs(x, weight, d)
+    # everything is checked before any arithmetic happens (conversenet.checks)
+    n, c = check_input_and_kernel(x, weight, d, nonempty=True)
     sizes = tuple(x.shape[2:])
     scale_t = _check_scale(scale, d)
-    padding = _check_padding(padding, padding_mode, sizes)
-    lam_t = _lam_nd(lam, n, c, d, weight)
+    padding = check_padding(padding, padding_mode, sizes, PADDING_MODES)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lam_c = check_lam(lam, n, c, d, weight.device, compute)
     padded = tuple(m + 2 * padding for m in sizes)
     big = tuple(s * m for s, m in zip(scale_t, padded))
     ks = tuple(weight.shape[2:])
@@ -291,23 +219,19 @@ def converse_nd(
     out_shape = (n, c, *(s * m for s, m in zip(scale_t, sizes)))
     x0_tensor = None
     if isinstance(x0, torch.Tensor):
-        _check_float("x0", x0)
+        check_tensor("x0", x0)
         if tuple(x0.shape) != out_shape:
             raise ValueError(f"x0 must have the output's shape {out_shape}, got {tuple(x0.shape)}")
         x0_tensor = x0
-    elif isinstance(x0, str) and x0 in X0_MODES:
-        pass
     else:
-        raise ValueError(f"x0 must be one of {X0_MODES} or a tensor, got {x0!r}")
+        check_choice("x0", x0, X0_MODES, " or a tensor")
 
     out_dtype = _output_dtype(x)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     dims = tuple(range(-d, 0))
     pads = (padding,) * (2 * d)
     with torch.autocast(device_type=x.device.type, enabled=False):
         y = x.to(compute)
         k = weight.to(compute)
-        lam_c = lam_t.to(compute)
         if n == 0 or c == 0:
             # nothing to solve; zeros that stay connected to the inputs' graph
             out = y.new_zeros(out_shape)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_positive_number
+
 __all__ = ["rgb_to_y", "Y_COEFFS"]
 
 #: Weights of R, G, B (inputs in [0, 1]) in MATLAB's ``rgb2ycbcr`` luma row.
@@ -38,8 +40,7 @@ def rgb_to_y(img, input_range: float = 255.0, round_y: bool = False) -> np.ndarr
     arr = np.asarray(img)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"img must have shape (H, W, 3), got {arr.shape}")
-    if not np.isfinite(input_range) or input_range <= 0:
-        raise ValueError(f"input_range must be a positive number, got {input_range!r}")
+    check_positive_number("input_range", input_range)
     rgb = arr.astype(np.float64) / float(input_range)
     y = 16.0 + rgb @ np.asarray(Y_COEFFS, dtype=np.float64)
     return np.round(y) if round_y else y

@@ -24,11 +24,11 @@ SSIM map per channel, then the mean over channels. Computation is in float64.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import List, Tuple, Union
 
 import numpy as np
 
+from ..checks import check_int, check_positive_number
 from .color import rgb_to_y
 
 __all__ = ["psnr", "ssim", "gaussian_window", "SSIM_WINDOW", "SSIM_SIGMA"]
@@ -77,12 +77,8 @@ def _as_images(img1, img2, crop_border, input_range, test_y_channel, round_y) ->
         )
     if tuple(img1.shape) != tuple(img2.shape):
         raise ValueError(f"img1 and img2 must have the same shape, got {tuple(img1.shape)} and {tuple(img2.shape)}")
-    if isinstance(crop_border, bool) or not isinstance(crop_border, numbers.Integral) or crop_border < 0:
-        raise ValueError(f"crop_border must be a non-negative integer, got {crop_border!r}")
-    if isinstance(input_range, bool) or not isinstance(input_range, numbers.Real) or not (
-        math.isfinite(input_range) and input_range > 0
-    ):
-        raise ValueError(f"input_range must be a positive number (e.g. 255 or 1.0), got {input_range!r}")
+    crop_border = check_int("crop_border", crop_border, 0)
+    check_positive_number("input_range", input_range, " (e.g. 255 or 1.0)")
     for name, im in (("img1", img1), ("img2", img2)):
         if t1:
             bad = im.is_complex() or not (im.is_floating_point() or str(im.dtype).startswith(("torch.int", "torch.uint")))

@@ -1,32 +1,17 @@
-"""Shared helpers of the model zoo: argument checks and stacks of converse blocks."""
+"""Shared helpers of the model zoo: stacks of converse blocks (the argument checks the
+models use, ``check_pos_int`` and ``check_image``, come from :mod:`conversenet.checks`)."""
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from ..checks import check_image, check_pos_int
 from ..nn import ConverseBlock
 
 __all__ = ["check_pos_int", "check_image", "block_stack", "BlockStack"]
-
-
-def check_pos_int(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def check_image(x, channels: int, name: str = "x") -> None:
-    """Rejects anything that is not a real (N, channels, H, W) tensor, before any work."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.is_complex() or not x.is_floating_point():
-        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {tuple(x.shape)}")
 
 
 def block_stack(

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..checks import check_positive_number, lam_from_bias
 from ..functional import converse2d
 from ._common import BlockStack, block_stack, check_image, check_pos_int
 from .base import RestorationModel
@@ -166,9 +167,7 @@ class KernelConverse(nn.Module):
                  padding_mode: str = "circular", x0: str = "interp") -> None:
         super().__init__()
         check_pos_int("channels", channels)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_positive_number("eps", eps)
         self.padding = check_pos_int("padding", padding, 0)
         self.padding_mode = padding_mode
         self.x0 = x0
@@ -176,7 +175,7 @@ class KernelConverse(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        return torch.sigmoid(self.alpha - 9.0) + self.eps
+        return lam_from_bias(self.alpha, self.eps)
 
     def forward(self, x: torch.Tensor, kernel: torch.Tensor, scale: int = 1) -> torch.Tensor:
         return converse2d(x, kernel, self.lam, scale, self.padding, self.padding_mode, self.x0)
@@ -272,14 +271,12 @@ class ImageDataStep(nn.Module):
 
     def __init__(self, channels: int, iterations: int, eps: float = 1e-3, padding_mode: str = "circular") -> None:
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_positive_number("eps", eps)
         self.padding_mode = padding_mode
         self.bias = nn.Parameter(torch.zeros(iterations, channels))
 
     def forward(self, y, kernel, i: int, z: Optional[torch.Tensor] = None, scale: int = 1) -> torch.Tensor:
-        lam = torch.sigmoid(self.bias[i] - 9.0) + self.eps
+        lam = lam_from_bias(self.bias[i], self.eps)
         return converse2d(y, kernel, lam, scale, 0, self.padding_mode, "interp" if z is None else z)
 
 

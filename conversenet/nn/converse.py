@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .. import _caches, _tuning
+from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
 from ..functional import converse as _fc
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
@@ -17,13 +20,6 @@ KERNEL_INITS = ("gaussian_softmax", "gaussian", "uniform")
 SPATIAL_OPS = ("converse", "conv", "convt")
 
 _IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(v: _IntPair, name: str) -> Tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t  # type: ignore[return-value]
 
 
 class Converse2d(nn.Module):
@@ -66,7 +62,7 @@ class Converse2d(nn.Module):
         torch.Size([2, 8, 32, 24])
     """
 
-    filter_cache_bytes: Optional[int] = 16 * 2**20
+    filter_cache_bytes: Optional[int] = _tuning.FILTER_CACHE_BYTES
 
     def __init__(
         self,
@@ -82,29 +78,17 @@ class Converse2d(nn.Module):
         fft_size: str = "exact",
     ) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        kh, kw = _pair(kernel_size, "kernel_size")
-        self.channels = channels
+        self.channels = check_positive_int("channels", channels)
+        kh, kw = check_int_tuple("kernel_size", kernel_size, 2)
         self.kernel_size = (kh, kw)
-        self.scale = _fc._check_int("scale", scale, 1)
-        self.padding = max(kh, kw) - 1 if padding is None else _fc._check_int("padding", padding, 0)
-        if padding_mode not in _fc.PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_fc.PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.eps = float(eps)
-        if x0 not in _fc.X0_MODES:
-            raise ValueError(f"x0 must be one of {_fc.X0_MODES}, got {x0!r}")
-        self.x0 = x0
-        if kernel_init not in KERNEL_INITS:
-            raise ValueError(f"kernel_init must be one of {KERNEL_INITS}, got {kernel_init!r}")
-        self.kernel_init = kernel_init
+        self.scale = check_int("scale", scale, 1)
+        self.padding = max(kh, kw) - 1 if padding is None else check_int("padding", padding, 0)
+        self.padding_mode = check_choice("padding_mode", padding_mode, _fc.PADDING_MODES)
+        self.eps = check_positive_number("eps", eps)
+        self.x0 = check_choice("x0", x0, _fc.X0_MODES)
+        self.kernel_init = check_choice("kernel_init", kernel_init, KERNEL_INITS)
         self.learn_kernel = learn_kernel
-        if fft_size not in _fc.FFT_SIZES:
-            raise ValueError(f"fft_size must be one of {_fc.FFT_SIZES}, got {fft_size!r}")
-        self.fft_size = fft_size
+        self.fft_size = check_choice("fft_size", fft_size, _fc.FFT_SIZES)
         if learn_kernel:
             self.weight = nn.Parameter(torch.empty(1, channels, kh, kw))
         else:
@@ -130,15 +114,9 @@ class Converse2d(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``.
-
-        Computed in at least float32 (the solve's precision) even for half-precision
-        parameters: in bfloat16, ``sigmoid(-9) + 1e-5`` would keep only 3 digits.
-        """
-        bias = self.bias
-        if bias.dtype in (torch.float16, torch.bfloat16):
-            bias = bias.float()
-        return torch.sigmoid(bias - 9.0) + self.eps
+        """(1, C, 1, 1) regulariser ``sigmoid(bias - 9) + eps``
+        (:func:`conversenet.checks.lam_from_bias`; at least float32)."""
+        return lam_from_bias(self.bias, self.eps)
 
     def _cached_filter(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         if self.training or torch.is_grad_enabled() or self.weight is None:
@@ -175,6 +153,7 @@ class Converse2d(nn.Module):
             self.weight.to(compute), self.lam.to(compute), size, self.scale, self.x0
         )
         self._cache = (key, g, self.weight.detach().clone(), self.bias.detach().clone())
+        FILTER_CACHES.add(self)
         return g
 
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -247,34 +226,78 @@ def _is_pointwise(conv: nn.Module, c: int) -> bool:
             and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
 
 
+class _FilterCaches:
+    """The Converse2d layers that hold an eval-mode filter (weakly: a layer's filter goes
+    with the layer). Listed in :mod:`conversenet._caches`; ``clear()`` drops every filter."""
+
+    def __init__(self) -> None:
+        self._layers: "weakref.WeakSet[Converse2d]" = weakref.WeakSet()
+
+    def add(self, layer: "Converse2d") -> None:
+        self._layers.add(layer)
+
+    def clear(self) -> None:
+        for layer in list(self._layers):
+            layer._cache = None
+        self._layers.clear()
+
+    def __len__(self) -> int:
+        return sum(1 for layer in list(self._layers) if layer._cache is not None)
+
+
+FILTER_CACHES = _FilterCaches()
+_caches.register("converse2d-filters", "eval-mode spectral filter of each Converse2d layer",
+                 "one per live layer, each <= Converse2d.filter_cache_bytes; freed with the layer", FILTER_CACHES)
+
+
+class _Buffers(dict):
+    """One thread's named buffers (a dict that can be referenced weakly)."""
+
+
 class _Workspace(threading.local):
     """Reusable CPU buffers of the no-grad block path, one set per thread, shared by all
     blocks (they run one after another). Fresh multi-megabyte tensors cost page faults on
     every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
     about as much as the matrix product that fills them. Only temporaries that never leave
-    a block live here."""
+    a block live here: at most one buffer per name ("hidden", "work", "residual") per
+    thread. Listed in :mod:`conversenet._caches`; ``clear()`` frees every thread's."""
+
+    # every thread's buffers by id, for clear(); an entry goes with its thread
+    _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
 
     def __init__(self) -> None:
-        self.bufs: dict = {}
+        self.bufs = _Buffers()
+        _Workspace._all[id(self.bufs)] = self.bufs
 
     def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         b = self.bufs.get(name)
         if b is None or b.shape != shape or b.dtype != like.dtype or b.device != like.device:
+            self.bufs.pop(name, None)  # the old one goes before the new one is allocated
             b = self.bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return b
 
+    def clear(self) -> None:
+        for bufs in list(_Workspace._all.values()):
+            bufs.clear()
+
+    def __len__(self) -> int:
+        return sum(len(bufs) for bufs in list(_Workspace._all.values()))
+
 
 _WORKSPACE = _Workspace()
-_WORKSPACE_MIN_ELEMS = 1 << 18  # smaller tensors come and go through the allocator as usual
+_caches.register("block-workspace", "reused CPU buffers of the fused no-grad ConverseBlock path",
+                 "3 buffers per thread, sized by the largest recent call; freed with the thread", _WORKSPACE)
 
 
 def clear_workspace() -> None:
-    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's)."""
+    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's;
+    ``conversenet.clear_caches()`` frees every thread's and every other cache)."""
     _WORKSPACE.bufs.clear()
 
 
 def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    if like.device.type != "cpu" or math.prod(shape) < _WORKSPACE_MIN_ELEMS:
+    # smaller tensors come and go through the allocator as usual (conversenet._tuning)
+    if like.device.type != "cpu" or math.prod(shape) < _tuning.WORKSPACE_MIN_ELEMS:
         return torch.empty(shape, dtype=like.dtype, device=like.device)  # GPUs cache blocks already
     return _WORKSPACE.get(name, shape, like)
 
@@ -333,7 +356,8 @@ def _spatial_op(
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError("spatial='convt' needs odd kernel sizes to keep the feature size")
         return nn.ConvTranspose2d(channels, channels, kernel_size, padding=(kh // 2, kw // 2), groups=channels)
-    raise ValueError(f"spatial must be one of {SPATIAL_OPS}, got {kind!r}")
+    check_choice("spatial", kind, SPATIAL_OPS)
+    raise AssertionError(kind)  # unreachable: every choice is handled above
 
 
 class ConverseBlock(nn.Module):
@@ -371,7 +395,7 @@ class ConverseBlock(nn.Module):
         expansion: int = 2,
     ) -> None:
         super().__init__()
-        ks = _pair(kernel_size, "kernel_size")
+        ks = check_int_tuple("kernel_size", kernel_size, 2)
         hidden = channels * expansion
         self.conv1 = nn.Sequential(
             LayerNorm2d(channels),
@@ -410,6 +434,7 @@ class ConverseBlock(nn.Module):
     def _submodule_hooks(self) -> bool:
         """Hooks on the layers inside see their tensors; the fused path neither calls those
         layers one by one nor keeps their tensors intact (workspace, in-place GELU)."""
+        # torch has no public API that reads the global hooks (only one that adds them)
         from torch.nn.modules import module as _m
         if _m._global_forward_hooks or _m._global_forward_pre_hooks:
             return True

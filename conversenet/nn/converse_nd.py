@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
 from ..functional import converse as _fc
 from ..functional import converse_nd as _fnd
 from .converse import KERNEL_INITS
@@ -15,16 +15,6 @@ from .converse import KERNEL_INITS
 __all__ = ["Converse1d", "Converse3d"]
 
 _IntOrTuple = Union[int, Sequence[int]]
-
-
-def _ntuple(v: _IntOrTuple, d: int, name: str) -> Tuple[int, ...]:
-    if isinstance(v, (tuple, list)):
-        t = tuple(v)
-    else:
-        t = (v,) * d
-    if len(t) != d or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in t):
-        raise ValueError(f"{name} must be a positive int or a tuple of {d} of them, got {v!r}")
-    return t
 
 
 class _ConverseNd(nn.Module):
@@ -51,24 +41,14 @@ class _ConverseNd(nn.Module):
     ) -> None:
         super().__init__()
         d = self._ndim
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        self.channels = channels
-        self.kernel_size = _ntuple(kernel_size, d, "kernel_size")
+        self.channels = check_positive_int("channels", channels)
+        self.kernel_size = check_int_tuple("kernel_size", kernel_size, d)
         self.scale = _fnd._check_scale(scale, d)
-        self.padding = _fc._check_int("padding", padding, 0)
-        if padding_mode not in _fc.PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_fc.PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        self.eps = float(eps)
-        if x0 not in _fc.X0_MODES:
-            raise ValueError(f"x0 must be one of {_fc.X0_MODES}, got {x0!r}")
-        self.x0 = x0
-        if kernel_init not in KERNEL_INITS:
-            raise ValueError(f"kernel_init must be one of {KERNEL_INITS}, got {kernel_init!r}")
-        self.kernel_init = kernel_init
+        self.padding = check_int("padding", padding, 0)
+        self.padding_mode = check_choice("padding_mode", padding_mode, _fc.PADDING_MODES)
+        self.eps = check_positive_number("eps", eps)
+        self.x0 = check_choice("x0", x0, _fc.X0_MODES)
+        self.kernel_init = check_choice("kernel_init", kernel_init, KERNEL_INITS)
         self.learn_kernel = bool(learn_kernel)
         if learn_kernel:
             self.weight = nn.Parameter(torch.empty(1, channels, *self.kernel_size))
@@ -92,8 +72,9 @@ class _ConverseNd(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        """(1, C, 1..1) regulariser ``sigmoid(bias - 9) + eps``."""
-        return torch.sigmoid(self.bias - 9.0) + self.eps
+        """(1, C, 1..1) regulariser ``sigmoid(bias - 9) + eps``
+        (:func:`conversenet.checks.lam_from_bias`; at least float32)."""
+        return lam_from_bias(self.bias, self.eps)
 
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         name = type(self).__name__

@@ -7,7 +7,7 @@ from typing import Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..functional import converse as _fc
+from ..checks import check_image, check_int, check_positive_int
 from .converse import Converse2d
 
 __all__ = ["ConverseUpsample"]
@@ -68,23 +68,14 @@ class ConverseUpsample(nn.Module):
         kernel_init: str = "gaussian_softmax",
     ) -> None:
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.scale = _fc._check_int("scale", scale, 1)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.scale = check_int("scale", scale, 1)
         self.proj = nn.Conv2d(in_channels, out_channels, 1, bias=bias) if in_channels != out_channels else nn.Identity()
         self.up = Converse2d(out_channels, kernel_size, self.scale, padding, padding_mode, eps, x0, kernel_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must be (N, {self.in_channels}, H, W) (in_channels={self.in_channels}), "
-                f"got shape {tuple(x.shape)}"
-            )
+        check_image(x, self.in_channels)
         return self.up(self.proj(x))
 
     def extra_repr(self) -> str:

@@ -427,7 +427,15 @@ class Trainer:
 
     def run(self) -> int:
         """Train until ``train.total_iter``; 0 when finished, 130 / 143 when stopped by SIGINT /
-        SIGTERM (after saving ``last.pth``)."""
+        SIGTERM (after saving ``last.pth``). ``threads`` holds for the run only: the
+        caller's torch thread count is put back afterwards."""
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> int:
         self._setup()
         cfg, t = self.cfg, self.cfg.train
         self.tb = self._open_tb()
