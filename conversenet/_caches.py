@@ -8,7 +8,7 @@ solver's DFT tables and FFT device probes (``functional/converse.py``), the spli
 tables (``functional/_fft.py``), the FFT policy's decisions (``functional/_fft_policy.py``),
 the s > 1 solve's tables (``functional/_upsolve.py``), the export tables
 (``functional/_matrix_dft.py``) and the restore model cache and memory estimates
-(``restore.py``). Nothing else in the package keeps state across calls: no attributes are
+(``restore.py``, ``inference.py``). Nothing else in the package keeps state across calls: no attributes are
 written onto a user's module, and no process-wide setting (thread count, malloc options,
 umask) is changed without being put back (``conversenet bench`` and the CLI set the thread
 count for their run only). ``tests/test_caches.py`` finds every ``functools.lru_cache`` of

@@ -124,17 +124,24 @@ def test_fft_policy_decisions_are_bounded(monkeypatch):
 
 
 def test_memory_estimate_writes_nothing_onto_the_model():
-    import conversenet.restore as R
-    from conversenet.models import create
-
-    net = create("converse_dncnn", width=8, num_blocks=1).eval()
-    before = set(vars(net))
-    first = R.estimate_bytes_per_pixel(net)
-    assert set(vars(net)) == before  # no private attribute added to the user's module
-    assert R.estimate_bytes_per_pixel(net) is first  # cached elsewhere (weakly)
-    assert next(c["entries"] for c in conversenet.caches() if c["name"] == "restore-memory-estimates") >= 1
-    del net
     import gc
 
+    import conversenet.inference as I
+    from conversenet.models import create
+
+    def held():
+        return next(c["entries"] for c in conversenet.caches() if c["name"] == "restore-memory-estimates")
+
     gc.collect()
-    assert all(k is not None for k in R._BPP_CACHE.keys())
+    start = held()
+    net = create("converse_dncnn", width=8, num_blocks=1).eval()
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 3, 3, padding=1))
+    for m in (net, plain):
+        before = set(vars(m))
+        first = I.estimate_bytes_per_pixel(m)
+        assert set(vars(m)) == before  # no private attribute added to the user's module
+        assert I.estimate_bytes_per_pixel(m) is first  # cached elsewhere (weakly), also for a plain module
+    assert held() == start + 2
+    del net, plain, m
+    gc.collect()
+    assert held() == start  # freed with the networks
