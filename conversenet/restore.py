@@ -32,7 +32,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
@@ -128,7 +128,9 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
             continue
         if W.locate(ws).status == "found":
             found.append(ws)
-    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.name))
+    # the default architecture first, then sets trained for one noise level (the paper's
+    # protocol) before blind ones (those are picked by image channels, see load_model)
+    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.task == "denoise" and ws.sigma is None, ws.name))
 
 
 def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None, model: Optional[str] = None,
@@ -187,37 +189,31 @@ def _load_builtin(task: str, model: Optional[str], blind: bool) -> LoadedModel:
         raise RestoreError(str(e)) from None
 
 
-def load_model(task: str, model: Optional[str] = None, weights: str = "auto", device="cpu",
-               blind: bool = False, log: Optional[Callable[[str], None]] = None) -> LoadedModel:
-    """The network for ``task`` with weights chosen by ``weights``.
+def _by_channels(task: str, model: Optional[str], weights: str, blind: bool,
+                 channels: Optional[int]) -> Optional[LoadedModel]:
+    """The task's default for images of ``channels`` (the blind grey / colour denoisers) when
+    no model was named, ``weights`` is "auto" or "builtin" and the row has such a default
+    whose file is here (or, for the authors' sets, downloadable); else None."""
+    if model is not None or channels is None or weights not in ("auto", "builtin"):
+        return None
+    t = get_task(task)
+    name = t.default_model(blind=blind, channels=1 if channels in (1, 2) else 3)
+    if name == t.default_model(blind=blind):
+        return None
+    W = _weights_mod()
+    ws = W.get_weights(name)
+    if W.locate(ws).status != "found" and (ws.origin == "package" or _offline()):
+        return None
+    lm = _load_set(ws, name, "built-in weights" if ws.origin == "package" else "authors' weights")
+    lm.source += f" (the default for {'grey' if ws.channels == 1 else 'colour'} images)"
+    return lm
 
-    Args:
-        task: "denoise", "sr" or "deblur".
-        model: registry name (default: :data:`DEFAULT_MODELS`). An architecture name with
-            "official" weights loads the authors' weight set for it, and says so.
-        weights: "auto" (the authors' file when found or downloadable, else built-in),
-            "official", "builtin", or a path to a state-dict file.
-        device: where to put the network.
-        blind: deblurring without a kernel (ConverseNet instead of Converse-USRNet).
-        log: called with one line saying which weights were used.
 
-    Raises:
-        RestoreError: no usable weights (the message says how to provide them).
-    """
+def _load_by_weights(task: str, model: Optional[str], w: str, blind: bool) -> LoadedModel:
+    """``model`` (default: the task's) with weights "official", "builtin", "auto" or a path."""
     from .models import WeightsError
     from .models.weights import ChecksumError
 
-    _default_name(task, blind)
-    reg = _registry()
-    if model is not None:
-        if model not in reg.list_models():
-            raise RestoreError(f"unknown model {model!r}; models for {task}: {', '.join(reg.list_models(task))}")
-        if reg.model_info(model)["task"] != task:
-            raise RestoreError(f"model {model!r} is for {reg.model_info(model)['task']}, not {task}; "
-                               f"models for {task}: {', '.join(reg.list_models(task))}")
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be 'auto', 'official', 'builtin' or a path, got {weights!r}")
-    w = str(weights)
     name = model or _default_name(task, blind)
     if w == "official":
         try:
@@ -243,6 +239,50 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
                           else " (authors' weights unavailable)")
     else:
         lm = load_weights_file(w, task, model, blind)
+    return lm
+
+
+def load_model(task: str, model: Optional[str] = None, weights: str = "auto", device="cpu",
+               blind: bool = False, log: Optional[Callable[[str], None]] = None,
+               channels: Optional[int] = None) -> LoadedModel:
+    """The network for ``task`` with weights chosen by ``weights``.
+
+    Args:
+        task: "denoise", "sr" or "deblur".
+        model: registry name (default: :data:`DEFAULT_MODELS`). An architecture name with
+            "official" weights loads the authors' weight set for it, and says so.
+        weights: "auto" (the authors' file when found or downloadable, else built-in),
+            "official", "builtin", or a path to a state-dict file.
+        device: where to put the network.
+        blind: deblurring without a kernel (ConverseNet instead of Converse-USRNet).
+        log: called with one line saying which weights were used.
+        channels: the image's channels (1, 2 grey + alpha, 3, 4 colour + alpha). With no
+            ``model`` and ``weights`` "auto"/"builtin", the task's default for such images
+            is used when the task has one (denoising: the blind grey / colour denoisers;
+            pass None where a noise level was given, to keep the sigma-trained default).
+
+    Raises:
+        RestoreError: no usable weights (the message says how to provide them).
+    """
+    from .models import WeightsError
+
+    _default_name(task, blind)
+    reg = _registry()
+    if model is not None:
+        if model not in reg.list_models():
+            raise RestoreError(f"unknown model {model!r}; models for {task}: {', '.join(reg.list_models(task))}")
+        if reg.model_info(model)["task"] != task:
+            raise RestoreError(f"model {model!r} is for {reg.model_info(model)['task']}, not {task}; "
+                               f"models for {task}: {', '.join(reg.list_models(task))}")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be 'auto', 'official', 'builtin' or a path, got {weights!r}")
+    w = str(weights)
+    try:
+        lm = _by_channels(task, model, w, blind, channels)
+    except WeightsError as e:
+        raise RestoreError(str(e)) from e
+    if lm is None:
+        lm = _load_by_weights(task, model, w, blind)
     if get_task(task).has_blind_mode and lm.model.takes_kernel == bool(blind):
         want = "a blind model (e.g. conversenet)" if blind else "a non-blind model taking a kernel (e.g. converse_usrnet)"
         raise RestoreError(f"{lm.name} does not fit this deblurring mode: need {want}")
@@ -252,7 +292,7 @@ def load_model(task: str, model: Optional[str] = None, weights: str = "auto", de
     return lm
 
 
-#: (task, model, weights, device, blind) -> LoadedModel of earlier restore() calls
+#: (task, model, weights, device, blind, channels) -> LoadedModel of earlier restore() calls
 _MODEL_CACHE: "BoundedCache[Tuple, LoadedModel]" = BoundedCache(lambda: _tuning.RESTORE_MODEL_CACHE_SIZE)
 _caches.register("restore-models", "networks loaded by conversenet.restore(...) by task, model, weights, device",
                  "RESTORE_MODEL_CACHE_SIZE entries, least recently used first out", _MODEL_CACHE)
@@ -273,7 +313,8 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         kernel: deblurring: "gaussian:SIGMA", a kernel file or array (non-blind model);
             leave None with ``blind=True``.
         sigma: denoising: the noise level (0..255) of the image; a warning is given when
-            the weights were trained for another one.
+            the weights were trained for another one. Without ``sigma`` and ``model`` the
+            blind grey or colour denoiser is used, by the image's channels.
         scale: SR: the factor wanted; must equal the model's.
         device: "auto", "cpu" or "cuda".
         tile, overlap, max_memory: tiling (see :func:`plan_tile`); defaults: tile only
@@ -296,10 +337,11 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
             raise ValueError(f"model is a {net.task} network, not {task}")
     else:
         dev = resolve_device(device)
-        key = (task, model, str(weights), str(dev), bool(blind))
+        channels = arr.shape[2] if sigma is None else None  # the image picks the default (see load_model)
+        key = (task, model, str(weights), str(dev), bool(blind), channels)
         lm = _MODEL_CACHE.get(key)
         if lm is None:
-            lm = load_model(task, model, weights, dev, blind, log=print if verbose else None)
+            lm = load_model(task, model, weights, dev, blind, log=print if verbose else None, channels=channels)
             _MODEL_CACHE.put(key, lm)
     net = lm.model
     k = None

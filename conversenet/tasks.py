@@ -100,7 +100,9 @@ class Task:
         name: "denoise", "sr" or "deblur".
         title: a few words for messages ("denoising").
         defaults: default weight set (a :func:`conversenet.models.create` name) by mode:
-            ``"default"`` and, for deblurring, ``"blind"``.
+            ``"default"`` and, for deblurring, ``"blind"``; ``"default_1"`` / ``"default_3"``:
+            the default for grey / colour images when the caller gives neither a model nor
+            a noise level (denoising).
         eval_sigma: noise (0..255) of the published protocol when none is given; 0: none.
         scaled: the output is ``scale`` times larger (SR); ``--scale`` applies.
         uses_kernel: the degradation is a blur with a given kernel; ``--kernel`` applies.
@@ -136,7 +138,12 @@ class Task:
 
     def default_model(self, blind: bool = False, channels: Optional[int] = None) -> str:
         """The default weight set; ``blind`` picks the blind deblurring one. ``channels``
-        (1 or 3) prefers a ``"default_<channels>"`` entry when the row has one."""
+        (1 or 3) prefers a ``"default_<channels>"`` entry when the row has one (denoising:
+        the blind grey / colour denoisers, used when no model or noise level is given).
+
+        >>> get_task("denoise").default_model(channels=3), get_task("denoise").default_model()
+        ('converse_unet_blind_color', 'converse_dncnn_official')
+        """
         mode = "blind" if blind and "blind" in self.defaults else "default"
         if channels is not None and f"{mode}_{channels}" in self.defaults:
             return self.defaults[f"{mode}_{channels}"]
@@ -159,7 +166,10 @@ class Task:
 
 TASKS: Dict[str, Task] = {
     # Table 4: AWGN, seed 0 per image, uint8 metrics without border
-    "denoise": Task("denoise", "denoising", {"default": "converse_dncnn_official"}, eval_sigma=25.0,
+    # without a model or noise level, images are denoised by the blind model of their channels
+    "denoise": Task("denoise", "denoising", {"default": "converse_dncnn_official",
+                                             "default_1": "converse_unet_blind_gray",
+                                             "default_3": "converse_unet_blind_color"}, eval_sigma=25.0,
                     scaled=False, uses_kernel=False, multiple=1, border=0, test_y=False,
                     degrade_fn=_degrade_denoise, describe=_describe_denoise),
     # Table 5: MATLAB bicubic 1/s, border s, RGB and Y

@@ -56,8 +56,16 @@ def test_wheel_holds_every_packaged_config(wheel):
 
 
 def test_wheel_holds_the_builtin_weights(wheel):
-    weights = _source_files("weights/*.pth") + _source_files("weights/*.json")
+    from conversenet.models.weights import list_weights
+
+    weights = [p for pat in ("weights/*.pth", "weights/*.safetensors", "weights/*.json", "weights/*.md")
+               for p in _source_files(pat)]
     assert PKG / "weights" / "dncnn.pth" in weights
+    # every file and model card of the package's own weight sets
+    for ws in list_weights(origin="package"):
+        assert PKG / "weights" / ws.file in weights
+        if ws.card:
+            assert REPO / ws.card in weights
     for p in weights:
         arc = p.relative_to(REPO).as_posix()
         assert arc in wheel.namelist(), f"{arc} is missing from the wheel"

@@ -31,7 +31,11 @@ def test_table_rows_and_defaults():
 
 def test_default_by_channels_when_a_row_has_one():
     t = get_task("denoise")
-    assert t.default_model(channels=3) == t.default_model()  # no colour-specific default yet
+    # denoising: the blind grey / colour denoisers by channels; the paper's model otherwise
+    assert (t.default_model(channels=1), t.default_model(channels=3)) == (
+        "converse_unet_blind_gray", "converse_unet_blind_color")
+    assert t.default_model() == "converse_dncnn_official"
+    assert get_task("sr").default_model(channels=3) == get_task("sr").default_model()
     row = type(t)(**{**t.__dict__, "defaults": {"default": "a", "default_3": "b"}})
     assert (row.default_model(channels=1), row.default_model(channels=3)) == ("a", "b")
 

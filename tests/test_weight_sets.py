@@ -27,7 +27,8 @@ AUTHORS = {  # facts of the released files (shared/weights/official/README.md), 
 def test_every_record_is_complete_and_a_create_name():
     sets = W.list_weights()
     assert {w.name for w in W.list_weights(origin="authors")} == set(AUTHORS)
-    assert [w.name for w in W.list_weights(origin="package")] == ["dncnn"]
+    assert [w.name for w in W.list_weights(origin="package")] == [
+        "converse_unet_blind_color", "converse_unet_blind_gray", "dncnn"]
     for ws in sets:
         assert ws.name in list_models() and model_info(ws.name)["weights"] == ws.name
         net = create(ws.name)
@@ -134,7 +135,21 @@ def test_info_lists_every_weight_set_and_where_it_is(tmp_path):
     assert "found: " in out and "dncnn.pth (package)" in out
 
 
-def test_a_new_record_attaches_to_its_preset_and_loads(package_weights):
+@pytest.fixture
+def without_shipped_blind():
+    """The shipped blind-denoiser records removed for a test and put back after it (set up
+    before ``package_weights``, so torn down after it)."""
+    shipped = [W.get_weights(n) for n in ("converse_unet_blind_gray", "converse_unet_blind_color")]
+    for ws in shipped:
+        W.unregister_weights(ws.name)
+    yield
+    for ws in shipped:
+        if ws.name in {w.name for w in W.list_weights()}:
+            W.unregister_weights(ws.name)
+        W.register_weights(ws)
+
+
+def test_a_new_record_attaches_to_its_preset_and_loads(without_shipped_blind, package_weights):
     """How a weight set is added (issue #15's blind denoisers): one record; the registry
     preset of the same network gets it, and create/restore find it."""
     args = dict(model_info("converse_unet_blind_gray")["defaults"])

