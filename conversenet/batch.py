@@ -559,7 +559,8 @@ class RestoreJob:
         self.summary.written += 1
         self._tick()
 
-    def failed(self, item: Item) -> None:
+    def failed(self) -> None:
+        """Counts one item that could not be restored (its files are not recorded as done)."""
         self.summary.failed += 1
         self._tick()
 
