@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .distributed import Context, JobCounter, barrier, gather
 
@@ -559,7 +559,8 @@ class RestoreJob:
         self.summary.written += 1
         self._tick()
 
-    def failed(self, item: Item) -> None:
+    def failed(self) -> None:
+        """Counts one item that could not be restored (its files are not recorded as done)."""
         self.summary.failed += 1
         self._tick()
 

@@ -353,7 +353,9 @@ def _module(channels, k, s, padding, mode, dtype, device, train):
     return m.train(train)
 
 
-def _op_case(name, shape, k, s, padding, mode, dtype, device, train) -> List[_Impl]:
+def _op_case(shape, k, s, padding, mode, dtype, device, train) -> List[_Impl]:
+    """The implementations timed for one operator row: Algorithm 1, ours, the FFT floor and a
+    depthwise convolution, on an input of ``shape`` (N, C, H, W); ``train``: forward+backward."""
     from .functional import converse2d
 
     n, c, h, w = shape
@@ -530,15 +532,15 @@ def _model_train_case(name, shape, dtype, device) -> List[_Impl]:
 ROWS: Dict[str, tuple] = {
     "fwd": (
         "forward, eval, 1x128x256x256, k=7, circular pad 6, s=1",
-        lambda d, dev: _op_case("fwd", (1, 128, 256, 256), 7, 1, 6, "circular", d, dev, False),
+        lambda d, dev: _op_case((1, 128, 256, 256), 7, 1, 6, "circular", d, dev, False),
     ),
     "fwdbwd": (
         "forward+backward, train, 16x128x64x64, k=7, circular pad 6, s=1",
-        lambda d, dev: _op_case("fwdbwd", (16, 128, 64, 64), 7, 1, 6, "circular", d, dev, True),
+        lambda d, dev: _op_case((16, 128, 64, 64), 7, 1, 6, "circular", d, dev, True),
     ),
     "up": (
         "upsampling forward, eval, 1x64x128x128, k=2, replicate pad 2, s=2",
-        lambda d, dev: _op_case("up", (1, 64, 128, 128), 2, 2, 2, "replicate", d, dev, False),
+        lambda d, dev: _op_case((1, 64, 128, 128), 2, 2, 2, "replicate", d, dev, False),
     ),
     "dncnn256": (
         "converse_dncnn_official, 1x1x256x256, eval",
@@ -564,8 +566,7 @@ for _k in (3, 5, 7):
     for _s in (1, 2):
         ROWS[f"fork_k{_k}_s{_s}"] = (
             f"fork shape: forward, eval, 1x3x128x128, k={_k}, circular pad {_k - 1}, s={_s}",
-            lambda d, dev, _k=_k, _s=_s: _op_case(f"fork_k{_k}_s{_s}", (1, 3, 128, 128), _k, _s, _k - 1,
-                                                  "circular", d, dev, False),
+            lambda d, dev, _k=_k, _s=_s: _op_case((1, 3, 128, 128), _k, _s, _k - 1, "circular", d, dev, False),
         )
 DEFAULT_ROWS = tuple(ROWS)
 # short names accepted by --rows

@@ -57,11 +57,11 @@ import torch
 
 from ._atomic import write_text_atomic
 from .data import (
-    IMAGE_EXTENSIONS,
     ImageReadError,
     KernelError,
     from_float,
     gray_to_rgb,
+    list_images as _list_images,
     load_kernel,
     modcrop,
     read_image,
@@ -179,18 +179,13 @@ def resolve_kernel(spec: Union[str, os.PathLike], data_root=None) -> Tuple[np.nd
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
-    """Image files (by extension) directly in ``folder``, sorted by name; a broken symbolic
-    link with an image name is an :class:`EvalError`."""
-    folder = Path(folder)
-    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    broken = [p for p in entries if p.is_symlink() and not p.exists()]
-    if broken:  # a missing image would silently change the averages
-        raise EvalError(f"dataset folder {folder}: broken symbolic link(s) (dangling or a loop): "
-                        + ", ".join(p.name for p in broken))
-    files = [p for p in entries if p.is_file()]
-    if not files:
-        raise EvalError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
-    return files
+    """Image files (by extension) directly in ``folder``, sorted by name
+    (:func:`conversenet.data.list_images`); a broken symbolic link with an image name, or no
+    image at all, is an :class:`EvalError`."""
+    try:
+        return _list_images(folder, what="dataset")
+    except FileNotFoundError as e:
+        raise EvalError(str(e)) from e
 
 
 def load_images(files: Sequence[Path], channels: int) -> List[Tuple[str, np.ndarray]]:
@@ -284,7 +279,7 @@ def check_image_size(name: str, shape: Tuple[int, ...], protocol: Protocol, min_
     lh, lw = hh // protocol.scale, ww // protocol.scale
     need_gt = 2 * protocol.crop_border + _SSIM_MIN
     if hh < 1 or ww < 1 or min(hh, ww) < need_gt or min(lh, lw) < min_side:
-        what = f"x{protocol.scale} SR" if protocol.task == "sr" else protocol.task
+        what = f"x{protocol.scale} {protocol.task.upper()}" if get_task(protocol.task).scaled else protocol.task
         need = max(need_gt, min_side * protocol.scale, m)
         raise EvalError(f"image {name} is {h}x{w}, too small for {what} with this model "
                         f"(needs at least {need}x{need} after cropping to a multiple of {m})")

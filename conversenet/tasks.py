@@ -109,6 +109,9 @@ class Task:
         multiple: fixed crop multiple of the ground truth (None: the scale).
         border: fixed metric border (None: the scale).
         test_y: also measure on the Y channel (colour images).
+        noisy_input: the degradation is white Gaussian noise of ``--sigma`` alone (denoising):
+            the layer visualisation adds that noise to its clean input, and a ``--sigma`` other
+            than the one the weights were trained for is warned about.
         degrade_fn: ``(gt uint8 (H, W, C), Protocol) -> float32 low-quality image``.
         describe: ``Protocol -> one line``.
     """
@@ -122,6 +125,7 @@ class Task:
     multiple: Optional[int]
     border: Optional[int]
     test_y: bool
+    noisy_input: bool
     degrade_fn: Callable[[np.ndarray, Protocol], np.ndarray]
     describe: Callable[[Protocol], str]
 
@@ -171,15 +175,15 @@ TASKS: Dict[str, Task] = {
                                              "default_1": "converse_unet_blind_gray",
                                              "default_3": "converse_unet_blind_color"}, eval_sigma=25.0,
                     scaled=False, uses_kernel=False, multiple=1, border=0, test_y=False,
-                    degrade_fn=_degrade_denoise, describe=_describe_denoise),
+                    noisy_input=True, degrade_fn=_degrade_denoise, describe=_describe_denoise),
     # Table 5: MATLAB bicubic 1/s, border s, RGB and Y
     "sr": Task("sr", "super-resolution", {"default": "converse_srresnet_official"}, eval_sigma=0.0,
                scaled=True, uses_kernel=False, multiple=None, border=None, test_y=True,
-               degrade_fn=_degrade_sr, describe=_describe_sr),
+               noisy_input=False, degrade_fn=_degrade_sr, describe=_describe_sr),
     # Table 7: crop to 8, wrap blur, noise 2.55, RGB metrics border 1
     "deblur": Task("deblur", "deblurring", {"default": "converse_usrnet_official", "blind": "conversenet_official"},
                    eval_sigma=2.55, scaled=False, uses_kernel=True, multiple=8, border=1, test_y=False,
-                   degrade_fn=_degrade_deblur, describe=_describe_deblur),
+                   noisy_input=False, degrade_fn=_degrade_deblur, describe=_describe_deblur),
 }
 #: The task names, in table order.
 TASK_NAMES = tuple(TASKS)

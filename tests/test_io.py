@@ -13,6 +13,7 @@ from conversenet.data import (
     ImageReadError,
     from_float,
     gray_to_rgb,
+    list_images,
     read_image,
     rgb_to_gray,
     to_float,
@@ -236,3 +237,25 @@ def test_gray_rgb_helpers():
     assert gray_to_rgb(tg).shape == (2, 3, 4, 5)
     with pytest.raises(ValueError, match="channels"):
         rgb_to_gray(np.zeros((2, 2, 2)))
+
+
+def test_list_images_sorted_by_name_filters_extensions_and_refuses_broken_links(tmp_path):
+    for name in ("b.PNG", "a.jpg", "c.tiff", "notes.txt", "readme", "d.npy"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.png").mkdir()  # a folder with an image name is not an image
+    (tmp_path / "sub.png" / "inner.png").write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.tiff"]
+    (tmp_path / "e.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError, match=r"data.val: broken symbolic link.*e\.png"):
+        list_images(tmp_path, "data.val")
+    (tmp_path / "e.png").unlink()
+    (tmp_path / "f.bmp").symlink_to(tmp_path / "f.bmp")  # a loop
+    with pytest.raises(FileNotFoundError, match=r"broken symbolic link.*f\.bmp"):
+        list_images(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="dataset: no images .* in .*empty"):
+        list_images(empty, what="dataset")
+    with pytest.raises(FileNotFoundError, match="data.train: .*missing is not a folder"):
+        list_images(tmp_path / "missing", "data.train")

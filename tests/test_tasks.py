@@ -25,6 +25,8 @@ def test_table_rows_and_defaults():
     assert R.DEFAULT_MODELS == {"denoise": "converse_dncnn_official", "sr": "converse_srresnet_official",
                                 "deblur": "converse_usrnet_official", "deblur_blind": "conversenet_official"}
     assert [t.options for t in TASKS.values()] == [("sigma",), ("scale",), ("sigma", "kernel")]
+    # only a denoiser's input is the clean image plus noise of --sigma (visualisation, sigma warning)
+    assert [t.noisy_input for t in TASKS.values()] == [True, False, False]
     with pytest.raises(ValueError, match="task must be one of"):
         get_task("inpaint")
 

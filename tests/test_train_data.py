@@ -134,6 +134,16 @@ def test_missing_folder_is_reported(tmp_path, monkeypatch):
     assert resolve_folder("trainsets/x", "data.train") == tmp_path / "trainsets" / "x"
 
 
+def test_every_task_of_the_table_has_a_training_degradation(tmp_path):
+    from conversenet.tasks import TASK_NAMES
+    from conversenet.train.data import _DEGRADE
+
+    assert set(_DEGRADE) == set(TASK_NAMES)
+    folder = make_images(tmp_path / "imgs", n=1, size=(32, 32))
+    with pytest.raises(ValueError, match="task must be one of"):
+        ValImages(folder, "inpaint", DegradationConfig(), 1)
+
+
 def _circ_conv_ref(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     # naive circular convolution with the kernel centred at (kh//2, kw//2)
     c0, c1 = k.shape[0] // 2, k.shape[1] // 2

@@ -36,7 +36,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import CLIError, check_flag
 
-NAMES = ("denoise", "sr", "deblur", "demo", "degrade")
 NPY = ".npy"
 
 
@@ -253,16 +252,6 @@ def plan_outputs(items: List[Tuple[Path, Path]], output: str, ext: Optional[str]
         if notes is not None:
             notes.extend(more)
     return plans
-
-
-def compare_paths(plans: List[Tuple[Path, Path]], output: str, notes: Optional[List[str]] = None) -> List[Path]:
-    """``OUT/compare/<stem>.png`` per plan; outputs that share a stem (``a.png``, ``a.jpg``) get
-    ``<stem>_<ext>.png`` instead, so that no comparison replaces another of the same run."""
-    folder = (plans[0][1].parent if len(plans) == 1 and plans[0][1].suffix else Path(output)) / "compare"
-    dests, more = _disambiguate([folder / (d.stem + ".png") for _, d in plans], [d for _, d in plans], ".png")
-    if notes is not None:
-        notes.extend(m.replace("note: ", "note: comparison of ") for m in more)
-    return dests
 
 
 def probe_input(path: Path) -> Optional[Tuple[int, int]]:
@@ -528,7 +517,8 @@ def _run_files(args, ctx) -> int:
     net = lm.model
     if get_task(task).scaled and args.scale != net.scale:
         raise CLIError(f"--scale {args.scale}: the model {lm.name} upscales by {net.scale}")
-    if task == "denoise" and lm.sigma is not None and args.sigma != lm.sigma and ctx.is_main:
+    if (get_task(task).noisy_input and lm.sigma is not None and args.sigma is not None and args.sigma != lm.sigma
+            and ctx.is_main):
         print(f"warning: {lm.name} was trained for sigma={lm.sigma:g}; results at sigma={args.sigma:g} may be poor "
               f"(without --sigma the blind denoisers are used)", file=sys.stderr)
     kernel = _kernel_for(args, lm)
@@ -581,7 +571,7 @@ def _run_files(args, ctx) -> int:
             job.done(item, written, extra)
             job.write(msg)
         except Exception as e:  # one bad file must not stop the others
-            job.failed(item)
+            job.failed()
             job.write(f"error: {src}: {e}" if str(src) not in str(e) else f"error: {e}", err=True)
     total = job.finish()
     if not ctx.is_main:
@@ -741,7 +731,7 @@ def run_demo(args) -> int:
     out = R.restore_array(lq, lm, kernel, tile=tile, overlap=overlap, max_memory=budget)
     dt = time.perf_counter() - t0
     o8 = from_float(out, 8)
-    if task == "sr":
+    if t.scaled:
         base = from_float(np.clip(imresize(lq.astype(np.float64), s), 0, 1), 8)
         base_name = "bicubic"
     else:
@@ -754,5 +744,5 @@ def run_demo(args) -> int:
     print(f"demo {task}: a {gt.shape[1]}x{gt.shape[0]} generated scene, {what}, restored in {dt:.1f} s on {device}")
     print(f"PSNR {base_name}: {r0[key]:.2f} dB   restored: {r1[key]:.2f} dB"
           + ("  (Y channel, border 4)" if key == "psnr_y" else ""))
-    print(f"wrote {dest} (clean | {'low-resolution' if task == 'sr' else 'degraded'} | restored)")
+    print(f"wrote {dest} (clean | {'low-resolution' if t.scaled else 'degraded'} | restored)")
     return 0

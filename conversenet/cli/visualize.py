@@ -42,6 +42,7 @@ def run(args) -> int:
     from .. import restore as R
     from .. import visualize as V
     from ..data import ImageReadError, read_image, to_float
+    from ..tasks import get_task
 
     out = Path(args.output)
     if out.suffix.lower() != ".png":
@@ -86,7 +87,8 @@ def run(args) -> int:
         except ImageReadError as e:
             raise CLIError(str(e)) from e
         img = to_float(arr)
-    x, kernel = V.prepare_input(net, img, size=args.size, sigma=args.sigma if args.task == "denoise" else 0.0)
+    sigma = args.sigma if get_task(args.task).noisy_input else 0.0  # the noise a denoiser expects
+    x, kernel = V.prepare_input(net, img, size=args.size, sigma=sigma)
     channels = None
     if args.channels:
         try:

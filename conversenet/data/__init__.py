@@ -29,6 +29,7 @@ from .io import (
     ImageReadError,
     from_float,
     gray_to_rgb,
+    list_images,
     probe_image,
     read_image,
     rgb_to_gray,
@@ -51,7 +52,8 @@ from .sample import sample_image
 
 __all__ = [
     # io
-    "ImageReadError", "ImageInfo", "IMAGE_EXTENSIONS", "ALPHA_MODES", "read_image", "probe_image", "write_image",
+    "ImageReadError", "ImageInfo", "IMAGE_EXTENSIONS", "ALPHA_MODES", "list_images", "read_image", "probe_image",
+    "write_image",
     "to_float", "from_float", "to_tensor", "to_image", "gray_to_rgb", "rgb_to_gray",
     # resize
     "imresize", "modcrop", "cubic", "resize_weights",

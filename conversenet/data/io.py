@@ -39,6 +39,9 @@ PNG and TIFF; float32 only for TIFF). A 16-bit grey+alpha image is stored as 16-
 moved into place with ``os.replace``, so a reader never sees half a file. Existing files
 are only replaced with ``overwrite=True``, and never when they are listed in ``protect``.
 
+Listing (:func:`list_images`): the image files directly in a folder, by extension, sorted
+by name; a broken symbolic link with an image name is an error, not a skipped file.
+
 Conversions: :func:`to_float` / :func:`from_float` (numpy, [0, 1] floats; clamp and
 round back), :func:`to_tensor` / :func:`to_image` (torch (C, H, W) or (1, C, H, W)),
 :func:`gray_to_rgb` / :func:`rgb_to_gray`.
@@ -50,7 +53,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,6 +65,7 @@ __all__ = [
     "ImageInfo",
     "IMAGE_EXTENSIONS",
     "ALPHA_MODES",
+    "list_images",
     "read_image",
     "probe_image",
     "write_image",
@@ -199,6 +203,41 @@ def _check_single_frame(im, spath: str) -> None:
     if frames > 1:
         raise ImageReadError(f"cannot read image {spath!r}: animated or multi-page {im.format} with {frames} frames "
                              "is not supported (extract the frame you want first)")
+
+
+def list_images(folder: PathLike, what: str = "image folder") -> List[Path]:
+    """The image files (an extension of :data:`IMAGE_EXTENSIONS`, any case) directly in
+    ``folder``, sorted by name; sub-folders and other files are ignored.
+
+    Args:
+        folder: the folder to list.
+        what: what the folder is, for messages (``"data.train"``, ``"dataset"``).
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder; an entry with an image name is a
+            broken symbolic link (dangling or a loop: a missing image would silently change
+            averages over the folder); no image is found. Each message names ``what`` and
+            the folder.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for n in ("b.PNG", "a.jpg", "notes.txt"):
+    ...     _ = (d / n).write_bytes(b"")
+    >>> [p.name for p in list_images(d)]
+    ['a.jpg', 'b.PNG']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: {folder} is not a folder")
+    entries = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: p.name)
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists()]
+    if broken:
+        raise FileNotFoundError(f"{what}: broken symbolic link(s) (dangling or a loop) in {folder}: "
+                                + ", ".join(broken))
+    files = [p for p in entries if p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{what}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
+    return files
 
 
 def probe_image(path: PathLike, allow_float: bool = False) -> Optional[Tuple[int, int]]:

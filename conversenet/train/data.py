@@ -33,17 +33,14 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .. import paths
-from ..data import IMAGE_EXTENSIONS
+from ..data import list_images
 from ..tasks import get_task
 from . import _ops
 
 __all__ = [
-    "IMAGE_EXTS", "resolve_folder", "list_images", "sample_generator", "augment",
+    "resolve_folder", "list_images", "sample_generator", "augment",
     "TrainPatches", "ValImages", "IterationBatchSampler",
 ]
-
-#: The one list of image extensions (:data:`conversenet.data.IMAGE_EXTENSIONS`).
-IMAGE_EXTS = tuple(IMAGE_EXTENSIONS)
 
 
 def resolve_folder(name: str, what: str) -> Path:
@@ -61,13 +58,6 @@ def resolve_folder(name: str, what: str) -> Path:
     tried = ", ".join(str(c) for c in cands)
     raise FileNotFoundError(
         f"{what}: folder {name!r} not found (tried {tried}); set CONVERSENET_DATA or give a path")
-
-
-def list_images(folder: Path, what: str) -> List[Path]:
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
-    if not files:
-        raise FileNotFoundError(f"{what}: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
-    return files
 
 
 def _image_size(path: Path) -> Tuple[int, int]:
@@ -99,30 +89,50 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
 
 
+def _degrade_denoise(d, gt: torch.Tensor, g: torch.Generator, train: bool,
+                    kernel: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """AWGN of ``d.sigma`` (training: uniform in ``d.sigma_range`` when given)."""
+    sigma = d.sigma
+    if train and d.sigma_range is not None:
+        sigma = _uniform(g, *d.sigma_range)
+    lq = _ops.add_noise(gt, sigma, g)
+    return {"lq": lq, "gt": gt, "sigma": torch.tensor(sigma, dtype=torch.float32)}
+
+
+def _degrade_sr(d, gt: torch.Tensor, g: torch.Generator, train: bool,
+                kernel: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Bicubic 1/``d.scale`` (deterministic: draws nothing from ``g``)."""
+    return {"lq": _ops.bicubic_down(gt, d.scale), "gt": gt}
+
+
+def _degrade_deblur(d, gt: torch.Tensor, g: torch.Generator, train: bool,
+                    kernel: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Wrap blur with ``kernel`` (None: a random one of ``d.kernel_types``), then AWGN ``d.noise``."""
+    if kernel is None:
+        kind = d.kernel_types[int(torch.randint(len(d.kernel_types), (), generator=g))]
+        kernel = _ops.random_kernel(kind, d.kernel_size, g)
+    lq = _ops.add_noise(_ops.circular_blur(gt, kernel), d.noise, g)
+    return {"lq": lq, "gt": gt, "kernel": kernel.reshape(1, *kernel.shape[-2:]).float()}
+
+
+#: The training degradation of each task of :data:`conversenet.tasks.TASK_NAMES` (torch ops,
+#: so they live here rather than in the task table, which must not import ``train``).
+_DEGRADE = {"denoise": _degrade_denoise, "sr": _degrade_sr, "deblur": _degrade_deblur}
+
+
 class _Degrader:
     """The task's degradation, shared by training and validation (all inputs (C, H, W) in [0, 1])."""
 
     def __init__(self, task: str, deg, channels: int) -> None:
-        if task not in ("denoise", "sr", "deblur"):
-            raise ValueError(f"task must be denoise, sr or deblur, got {task!r}")
+        get_task(task)  # an unknown task: ValueError listing the known ones
+        if task not in _DEGRADE:
+            raise ValueError(f"task {task!r} has no training degradation (training supports {tuple(_DEGRADE)})")
         self.task, self.deg, self.channels = task, deg, channels
+        self._fn = _DEGRADE[task]
 
     def __call__(self, gt: torch.Tensor, g: torch.Generator, train: bool,
                  kernel: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        d = self.deg
-        if self.task == "denoise":
-            sigma = d.sigma
-            if train and d.sigma_range is not None:
-                sigma = _uniform(g, *d.sigma_range)
-            lq = _ops.add_noise(gt, sigma, g)
-            return {"lq": lq, "gt": gt, "sigma": torch.tensor(sigma, dtype=torch.float32)}
-        if self.task == "sr":
-            return {"lq": _ops.bicubic_down(gt, d.scale), "gt": gt}
-        if kernel is None:
-            kind = d.kernel_types[int(torch.randint(len(d.kernel_types), (), generator=g))]
-            kernel = _ops.random_kernel(kind, d.kernel_size, g)
-        lq = _ops.add_noise(_ops.circular_blur(gt, kernel), d.noise, g)
-        return {"lq": lq, "gt": gt, "kernel": kernel.reshape(1, *kernel.shape[-2:]).float()}
+        return self._fn(self.deg, gt, g, train, kernel)
 
 
 class TrainPatches(Dataset):

@@ -465,7 +465,8 @@ class Engine:
         else:
             lm = self.load(task, not needs_kernel, "Official", None, model)
             net, source = lm.model, lm.source
-        x, kernel = V.prepare_input(net, img, size=int(size), sigma=float(sigma) if task == "denoise" else 0.0)
+        noise = float(sigma) if get_task(task).noisy_input else 0.0  # the noise a denoiser expects
+        x, kernel = V.prepare_input(net, img, size=int(size), sigma=noise)
         x = x.to(self.device)
         kernel = None if kernel is None else kernel.to(self.device)
         with self._lock:
