@@ -130,7 +130,7 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
             found.append(ws)
     # the default architecture first, then sets trained for one noise level (the paper's
     # protocol) before blind ones (those are picked by image channels, see load_model)
-    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.task == "denoise" and ws.sigma is None, ws.name))
+    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.sigma is None, ws.name))
 
 
 def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None, model: Optional[str] = None,

@@ -407,8 +407,9 @@ class Trainer:
         model = self.ema.model if self.ema is not None else self.model
         was_training = model.training
         model.eval()
-        border = self.info["scale"] if self.info["task"] == "sr" else 0
-        y = self.info["task"] == "sr" and self.info["in_channels"] == 3
+        t = get_task(self.info["task"])
+        border = self.info["scale"] if t.scaled else 0  # SR: the scale's border, as the protocol
+        y = t.test_y and self.info["in_channels"] == 3
         vals = []
         for k in range(len(self.val_set)):
             s = self.val_set[k]

@@ -321,7 +321,7 @@ class Engine:
             except (KernelError, ValueError, TypeError, ImportError) as e:
                 raise WebError(f"kernel {kname}: {_scrub(e, kspec, kname)}") from None
         warnings = []
-        if tname == "denoise" and lm.sigma is not None and float(sigma) != lm.sigma:
+        if get_task(tname).noisy_input and lm.sigma is not None and float(sigma) != lm.sigma:
             warnings.append(f"{lm.name} was trained for noise level {lm.sigma:g}; results at {float(sigma):g} may be poor")
         min_side = net.min_input_size
         out_dir = self._new_result_dir("result-")
