@@ -6,7 +6,6 @@ among good ones, inputs never overwritten, and that denoising a `degrade`d .npy 
 the PSNR `conversenet.evaluate` computes for the same model and images."""
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -16,22 +15,7 @@ from conversenet.cli import main
 from conversenet.data import read_image, write_image
 from conversenet.models import create
 
-TINY = {
-    "converse_dncnn": {"width": 4, "num_blocks": 1},
-    "converse_srresnet": {"width": 4, "num_blocks": 1},
-    "converse_usrnet": {"width": 4, "num_blocks": 1, "iterations": 1},
-    "conversenet": {"width": 4, "num_blocks": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    for name, args in TINY.items():
-        torch.save(create(name, **args).state_dict(), d / f"{name}.pth")
-        (d / f"{name}.json").write_text(json.dumps({"model": name, "args": args}))
-    return d
+from conftest import TINY_MODELS as TINY  # the shared small models
 
 
 def _img(seed, shape, dtype=np.uint8):
@@ -71,10 +55,10 @@ def _check_outputs(src, out, scale=1):
     assert not (out / "broken.png").exists() and not (out / "notes.txt").exists()
 
 
-def test_denoise_folder_with_a_corrupt_file(ckpts, folder, tmp_path, capsys):
+def test_denoise_folder_with_a_corrupt_file(tiny_ckpts, folder, tmp_path, capsys):
     before = _digests(folder)
     out = tmp_path / "out"
-    rc = main(["denoise", str(folder), "-o", str(out), "--weights", str(ckpts / "converse_dncnn.pth"),
+    rc = main(["denoise", str(folder), "-o", str(out), "--weights", str(tiny_ckpts / "converse_dncnn.pth"),
                "--no-progress", "--compare", "--device", "cpu"])
     cap = capsys.readouterr()
     assert rc == 1
@@ -85,25 +69,25 @@ def test_denoise_folder_with_a_corrupt_file(ckpts, folder, tmp_path, capsys):
     cmp_, _ = read_image(out / "compare" / "rgb.png")
     assert cmp_.shape == (24, 2 * 32 + 4, 3)
     # a second run refuses to replace outputs unless asked
-    rc = main(["denoise", str(folder / "rgb.png"), "-o", str(out), "--weights", str(ckpts / "converse_dncnn.pth"),
+    rc = main(["denoise", str(folder / "rgb.png"), "-o", str(out), "--weights", str(tiny_ckpts / "converse_dncnn.pth"),
                "--no-progress"])
     assert rc == 1 and "exists" in capsys.readouterr().err
-    rc = main(["denoise", str(folder / "rgb.png"), "-o", str(out), "--weights", str(ckpts / "converse_dncnn.pth"),
+    rc = main(["denoise", str(folder / "rgb.png"), "-o", str(out), "--weights", str(tiny_ckpts / "converse_dncnn.pth"),
                "--no-progress", "--overwrite"])
     assert rc == 0
 
 
-def test_inputs_are_never_overwritten(ckpts, folder, capsys):
+def test_inputs_are_never_overwritten(tiny_ckpts, folder, capsys):
     before = _digests(folder)
     rc = main(["denoise", str(folder / "rgb.png"), str(folder / "grey.tif"), "-o", str(folder), "--overwrite",
-               "--weights", str(ckpts / "converse_dncnn.pth"), "--no-progress"])
+               "--weights", str(tiny_ckpts / "converse_dncnn.pth"), "--no-progress"])
     assert rc == 1 and "protected" in capsys.readouterr().err
     assert _digests(folder) == before
 
 
-def test_sr_keeps_format_and_depth_and_tiles(ckpts, folder, tmp_path, capsys):
+def test_sr_keeps_format_and_depth_and_tiles(tiny_ckpts, folder, tmp_path, capsys):
     out = tmp_path / "sr"
-    w = str(ckpts / "converse_srresnet.pth")
+    w = str(tiny_ckpts / "converse_srresnet.pth")
     rc = main(["sr", str(folder), "-o", str(out), "--weights", w, "--no-progress", "--scale", "4"])
     assert rc == 1  # the corrupt file
     _check_outputs(folder, out, scale=4)
@@ -117,29 +101,29 @@ def test_sr_keeps_format_and_depth_and_tiles(ckpts, folder, tmp_path, capsys):
     assert rc == 2 and "upscales by 4" in capsys.readouterr().err
 
 
-def test_deblur_with_kernel_and_blind(ckpts, folder, tmp_path, capsys):
+def test_deblur_with_kernel_and_blind(tiny_ckpts, folder, tmp_path, capsys):
     rc = main(["deblur", str(folder / "rgb.png"), "-o", str(tmp_path / "a"), "--kernel", "gaussian:1.6",
-               "--weights", str(ckpts / "converse_usrnet.pth"), "--no-progress"])
+               "--weights", str(tiny_ckpts / "converse_usrnet.pth"), "--no-progress"])
     assert rc == 0
     a, info = read_image(tmp_path / "a" / "rgb.png")
     assert a.shape == (24, 32, 3) and info.format == "PNG"
     np.save(tmp_path / "k.npy", np.ones((5, 5)))
     rc = main(["deblur", str(folder / "grey.tif"), "-o", str(tmp_path / "b"), "--kernel", str(tmp_path / "k.npy"),
-               "--weights", str(ckpts / "converse_usrnet.pth"), "--no-progress"])
+               "--weights", str(tiny_ckpts / "converse_usrnet.pth"), "--no-progress"])
     assert rc == 0 and read_image(tmp_path / "b" / "grey.tif")[0].shape == (18, 22, 1)
     rc = main(["deblur", str(folder / "rgb.png"), "-o", str(tmp_path / "c"), "--blind",
-               "--weights", str(ckpts / "conversenet.pth"), "--no-progress"])
+               "--weights", str(tiny_ckpts / "conversenet.pth"), "--no-progress"])
     assert rc == 0 and (tmp_path / "c" / "rgb.png").is_file()
     # a blind model with --kernel is refused before any work
     rc = main(["deblur", str(folder / "rgb.png"), "-o", str(tmp_path / "d"), "--kernel", "gaussian:1",
-               "--weights", str(ckpts / "conversenet.pth")])
+               "--weights", str(tiny_ckpts / "conversenet.pth")])
     assert rc == 2 and "non-blind" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --kernel or --blind is required (argparse)
         main(["deblur", str(folder / "rgb.png"), "-o", str(tmp_path / "e")])
 
 
-def test_user_errors_exit_2(ckpts, tmp_path, capsys):
-    w = str(ckpts / "converse_dncnn.pth")
+def test_user_errors_exit_2(tiny_ckpts, tmp_path, capsys):
+    w = str(tiny_ckpts / "converse_dncnn.pth")
     assert main(["denoise", str(tmp_path / "missing*.png"), "-o", str(tmp_path / "o"), "--weights", w]) == 2
     assert "no such file" in capsys.readouterr().err
     write_image(tmp_path / "a.png", _img(0, (20, 20, 1)))
@@ -153,7 +137,7 @@ def test_user_errors_exit_2(ckpts, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_degrade_then_denoise_matches_evaluate(ckpts, tmp_path, capsys):
+def test_degrade_then_denoise_matches_evaluate(tiny_ckpts, tmp_path, capsys):
     from conversenet.evaluate import evaluate_arrays, protocol_for
 
     gt_dir = tmp_path / "gt"
@@ -164,12 +148,12 @@ def test_degrade_then_denoise_matches_evaluate(ckpts, tmp_path, capsys):
     lq = np.load(tmp_path / "noisy" / "im0.npy")
     assert lq.dtype == np.float32 and lq.shape == (24, 20, 1) and lq.min() < 0  # unclipped, as the protocol
     rc = main(["denoise", str(tmp_path / "noisy"), "-o", str(tmp_path / "den"), "--weights",
-               str(ckpts / "converse_dncnn.pth"), "--no-progress", "--ground-truth", str(gt_dir)])
+               str(tiny_ckpts / "converse_dncnn.pth"), "--no-progress", "--ground-truth", str(gt_dir)])
     out = capsys.readouterr().out
     assert rc == 0
     ours = float(out.split("average PSNR ")[1].split()[0])
     net = create("converse_dncnn", **TINY["converse_dncnn"])
-    net.load_state_dict(torch.load(ckpts / "converse_dncnn.pth"))
+    net.load_state_dict(torch.load(tiny_ckpts / "converse_dncnn.pth"))
     ref = evaluate_arrays(net.eval(), sorted(gts.items()), protocol_for(net, sigma=25), progress=False)
     assert ours == pytest.approx(ref.averages["psnr"], abs=1e-4)
     res = np.load(tmp_path / "den" / "im0.npy")
@@ -188,14 +172,14 @@ def test_demo_needs_builtin_weights_and_works_once_they_exist(package_weights, t
     assert info.format == "PNG" and a.shape == (64, 3 * 64 + 2 * 4, 1)
 
 
-def test_visualize_writes_a_png(ckpts, tmp_path, capsys):
+def test_visualize_writes_a_png(tiny_ckpts, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     dest = tmp_path / "fig.png"
-    rc = main(["visualize", "-o", str(dest), "--weights", str(ckpts / "converse_dncnn.pth"), "--size", "32"])
+    rc = main(["visualize", "-o", str(dest), "--weights", str(tiny_ckpts / "converse_dncnn.pth"), "--size", "32"])
     assert rc == 0 and "layer m_body.0.conv1.3" in capsys.readouterr().out
     a, info = read_image(dest)
     assert info.format == "PNG" and a.shape[0] > 100 and a.shape[1] > a.shape[0]
-    assert main(["visualize", "-o", str(dest), "--weights", str(ckpts / "converse_dncnn.pth")]) == 2
-    assert main(["visualize", "-o", str(tmp_path / "g.png"), "--weights", str(ckpts / "converse_dncnn.pth"),
+    assert main(["visualize", "-o", str(dest), "--weights", str(tiny_ckpts / "converse_dncnn.pth")]) == 2
+    assert main(["visualize", "-o", str(tmp_path / "g.png"), "--weights", str(tiny_ckpts / "converse_dncnn.pth"),
                  "--layer", "7"]) == 2
     assert "out of range" in capsys.readouterr().err

@@ -139,26 +139,23 @@ def _blind_scores(name: str, rows) -> tuple:
 BLIND_GRAY_SCORES = ()
 BLIND_COLOR_SCORES = ()
 
-_BLIND_SOURCE = ("trained by this project on CPUs with conversenet train {cfg} (Converse-UNet, 1.77 M parameters; "
-                 "{data}, Gaussian noise sigma uniform in [0, 55]); {iters} iterations, see the model card")
+def _blind_record(colour: str, channels: int, sha256: str, data: str, iterations: str, scores) -> WeightSet:
+    name = f"converse_unet_blind_{colour}"
+    return register_weights(WeightSet(
+        name=name, model="converse_unet", args={"in_channels": channels, "widths": (24, 48, 96, 192),
+                                                 "blocks": (1, 2, 2, 4)},
+        task="denoise", channels=channels, sigma=None, file=f"{name}.safetensors", origin="package", sha256=sha256,
+        scores=_blind_scores(name, scores),
+        source=(f"trained by this project on CPUs with conversenet train denoise/blind_{colour} (Converse-UNet, "
+                f"1.77 M parameters; {data}, Gaussian noise sigma uniform in [0, 55]); {iterations} iterations, "
+                "see the model card"),
+        licence="MIT (this package)", card=f"conversenet/weights/{name}.md",
+    ))
 
-CONVERSE_UNET_BLIND_GRAY = register_weights(WeightSet(
-    name="converse_unet_blind_gray", model="converse_unet",
-    args={"in_channels": 1, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
-    task="denoise", channels=1, sigma=None, file="converse_unet_blind_gray.safetensors", origin="package",
-    sha256="9876d212ca98d5e1ac62f27b03ff56eed06bc9470b1d9d064193790a631254d7",
-    scores=_blind_scores("converse_unet_blind_gray", BLIND_GRAY_SCORES),
-    source=_BLIND_SOURCE.format(cfg="denoise/blind_gray", data="trainsets/train400 grey patches", iters="8,000"),
-    licence="MIT (this package)", card="conversenet/weights/converse_unet_blind_gray.md",
-))
 
-CONVERSE_UNET_BLIND_COLOR = register_weights(WeightSet(
-    name="converse_unet_blind_color", model="converse_unet",
-    args={"in_channels": 3, "widths": (24, 48, 96, 192), "blocks": (1, 2, 2, 4)},
-    task="denoise", channels=3, sigma=None, file="converse_unet_blind_color.safetensors", origin="package",
-    sha256="ef4b369fc6824dad7cc09d8781cad0c717f630ef59ec88e4a50b84dfaf4102e4",
-    scores=_blind_scores("converse_unet_blind_color", BLIND_COLOR_SCORES),
-    source=_BLIND_SOURCE.format(cfg="denoise/blind_color", data="trainsets/bsds400_color colour patches",
-                                iters="8,000"),
-    licence="MIT (this package)", card="conversenet/weights/converse_unet_blind_color.md",
-))
+CONVERSE_UNET_BLIND_GRAY = _blind_record(
+    "gray", 1, "9876d212ca98d5e1ac62f27b03ff56eed06bc9470b1d9d064193790a631254d7",
+    "trainsets/train400 grey patches", "8,000", BLIND_GRAY_SCORES)
+CONVERSE_UNET_BLIND_COLOR = _blind_record(
+    "color", 3, "ef4b369fc6824dad7cc09d8781cad0c717f630ef59ec88e4a50b84dfaf4102e4",
+    "trainsets/bsds400_color colour patches", "8,000", BLIND_COLOR_SCORES)
