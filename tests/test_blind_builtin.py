@@ -5,6 +5,7 @@ colour model) in ``conversenet.restore`` and ``conversenet denoise``, offline in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,16 @@ def test_cli_with_sigma_keeps_the_sigma_trained_model(tmp_path, capsys, monkeypa
                  "--no-progress", "--workers", "0", "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "blind" not in text and "weights:" in text
+
+
+def test_demo_restores_a_colour_scene_with_the_colour_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONVERSENET_OFFLINE", "1")
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--size", "64", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "converse_unet_blind_color" in text
+    found = re.search(r"PSNR degraded: ([\d.]+) dB\s+restored: ([\d.]+) dB", text)
+    noisy_db, restored_db = float(found.group(1)), float(found.group(2))
+    assert restored_db > noisy_db + 4.0
+    a, info = read_image(out / "demo_denoise.png")
+    assert a.shape[2] == 3 and not (a[..., 0] == a[..., 1]).all()  # a colour picture, not grey
