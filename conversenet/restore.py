@@ -82,7 +82,7 @@ __all__ = [
 TASKS = TASK_NAMES
 #: Default network per task, a view of the task table ("deblur_blind": with blind=True).
 DEFAULT_MODELS = {**{t.name: t.default_model() for t in _TASKS.values()},
-                  **{f"{t.name}_blind": t.default_model(blind=True) for t in _TASKS.values() if "blind" in t.defaults}}
+                  **{f"{t.name}_blind": t.default_model(blind=True) for t in _TASKS.values() if t.has_blind_mode}}
 ENV_OFFLINE = "CONVERSENET_OFFLINE"
 
 
