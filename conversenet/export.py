@@ -190,7 +190,7 @@ def export_program(model: nn.Module, size: Optional[Sequence[int]] = None, *, ba
 
 def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[Sequence[int]] = None, *,
                 batch: int = 1, inputs: Optional[Sequence[torch.Tensor]] = None,
-                opset: Optional[int] = None) -> Path:
+                opset: Optional[int] = None, optimize: bool = True) -> Path:
     """Writes ``model`` as an ONNX file (one file, written atomically) for inputs of ``size``.
 
     Inputs are named ``x`` (N, C, H, W) and, for models taking a blur kernel, ``kernel``
@@ -202,6 +202,12 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[
         path: destination ``.onnx`` file (replaced if it exists).
         size, batch, inputs: as :func:`export_program`.
         opset: ONNX opset (default: the exporter's).
+        optimize: run the exporter's graph optimizer (onnxscript: constant folding and
+            rewrites). Measured on converse_srresnet_official at 24x20 (2 threads): the file
+            is 13 % smaller and onnxruntime 2x faster, but the export takes 2x as long (most of
+            it in the optimizer's pattern matching for deep networks). It also helps
+            accuracy: converse_usrnet_official at 32x28 was 3.7e-6 from the float64 result
+            optimized and 1.3e-4 without. ``False`` for quick trial exports.
 
     Returns:
         The path written.
@@ -219,7 +225,8 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Optional[
     inputs = _inputs(model, size, batch, inputs)
     _prepared(model, inputs)
     names = input_names(model) if len(inputs) == len(input_names(model)) else [f"input{i}" for i in range(len(inputs))]
-    kwargs: Dict[str, object] = {"dynamo": True, "input_names": names, "output_names": ["y"], "verbose": False}
+    kwargs: Dict[str, object] = {"dynamo": True, "input_names": names, "output_names": ["y"], "verbose": False,
+                                 "optimize": bool(optimize)}
     if opset is not None:
         kwargs["opset_version"] = int(opset)
     with torch.no_grad(), export_mode():
