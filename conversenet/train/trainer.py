@@ -64,7 +64,7 @@ from .config import Config, ConfigError, check_model_name, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
                    worker_init)
 
-__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA"]
+__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "plot_curves"]
 
 CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
 
@@ -133,6 +133,44 @@ def _loss_fn(name: str):
 
 
 # --------------------------------------------------------------------------- trainer
+
+def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "",
+                loss_label: str = "training loss", val_label: str = "validation") -> bool:
+    """Draws a run's ``metrics.csv`` (training loss and validation PSNR against the
+    iteration) into the PNG ``out`` (written atomically). Returns False when matplotlib is
+    not installed (nothing written).
+
+    The trainer calls it at the end of a run; for a run stopped early::
+
+        plot_curves("runs/x/metrics.csv", "runs/x/curves.png", "x")
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    lo = [(int(r["iter"]), float(r["loss"])) for r in rows if r["loss"]]
+    ps = [(int(r["iter"]), float(r["psnr"])) for r in rows if r["psnr"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if lo:
+        axes[0].plot(*zip(*lo))
+    axes[0].set(xlabel="iteration", ylabel=loss_label, title=title)
+    if ps:
+        axes[1].plot(*zip(*ps), marker="o")
+    axes[1].set(xlabel="iteration", ylabel="validation PSNR (dB)", title=val_label)
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        with atomic_open(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return True
+
 
 class Trainer:
     """One training run.
@@ -367,32 +405,9 @@ class Trainer:
     def _plot(self) -> None:
         if self.rank != 0 or not self.cfg.log.plot:
             return
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        if not plot_curves(self.out / "metrics.csv", self.out / "curves.png", self.cfg.name,
+                           f"training loss ({self.cfg.train.loss})", str(self.cfg.data.val)):
             self._say("notice: matplotlib is not installed (pip install 'conversenet[plot]'); no curves.png")
-            return
-        with open(self.out / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        lo = [(int(r["iter"]), float(r["loss"])) for r in rows if r["loss"]]
-        ps = [(int(r["iter"]), float(r["psnr"])) for r in rows if r["psnr"]]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        if lo:
-            axes[0].plot(*zip(*lo))
-        axes[0].set(xlabel="iteration", ylabel=f"training loss ({self.cfg.train.loss})", title=self.cfg.name)
-        if ps:
-            axes[1].plot(*zip(*ps), marker="o")
-        axes[1].set(xlabel="iteration", ylabel="validation PSNR (dB)", title=str(self.cfg.data.val))
-        for a in axes:
-            a.grid(alpha=0.3)
-        fig.tight_layout()
-        try:
-            with atomic_open(self.out / "curves.png", "wb") as f:
-                fig.savefig(f, format="png", dpi=110)
-        finally:
-            plt.close(fig)
 
     # ---------------------------------------------------------------- steps
     def _forward(self, net: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
