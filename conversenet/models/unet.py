@@ -136,8 +136,19 @@ def _blind_scores(name: str, rows) -> tuple:
 
 
 #: (dataset, sigma, PSNR dB, SSIM) measured on the shipped files (docs/TRAINING.md)
-BLIND_GRAY_SCORES = ()
-BLIND_COLOR_SCORES = ()
+BLIND_GRAY_SCORES = (
+    ("set12", 15, 31.88, 0.8868),
+    ("set12", 25, 29.54, 0.8404),
+    ("set12", 50, 26.41, 0.7527),
+    ("bsd68", 15, 31.06, 0.8752),
+    ("bsd68", 25, 28.63, 0.8033),
+    ("bsd68", 50, 25.75, 0.6864),
+)
+BLIND_COLOR_SCORES = (
+    ("cbsd68", 15, 33.27, 0.9198),
+    ("cbsd68", 25, 30.61, 0.8675),
+    ("cbsd68", 50, 27.31, 0.7608),
+)
 
 def _blind_record(colour: str, channels: int, sha256: str, data: str, iterations: str, scores) -> WeightSet:
     name = f"converse_unet_blind_{colour}"
@@ -154,8 +165,8 @@ def _blind_record(colour: str, channels: int, sha256: str, data: str, iterations
 
 
 CONVERSE_UNET_BLIND_GRAY = _blind_record(
-    "gray", 1, "9876d212ca98d5e1ac62f27b03ff56eed06bc9470b1d9d064193790a631254d7",
-    "trainsets/train400 grey patches", "8,000", BLIND_GRAY_SCORES)
+    "gray", 1, "495f55dc4d47390e10d055eee29d9c52297fe63c0d5d947b0c8b5c40a4288ed3",
+    "trainsets/train400 grey patches", "12,051", BLIND_GRAY_SCORES)
 CONVERSE_UNET_BLIND_COLOR = _blind_record(
-    "color", 3, "ef4b369fc6824dad7cc09d8781cad0c717f630ef59ec88e4a50b84dfaf4102e4",
-    "trainsets/bsds400_color colour patches", "8,000", BLIND_COLOR_SCORES)
+    "color", 3, "25093a112b1108250b7ebd4abc99c2d5d18fdabd5d2aee83a6332df89403a967",
+    "trainsets/bsds400_color colour patches", "12,107", BLIND_COLOR_SCORES)
