@@ -337,7 +337,8 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
             raise ValueError(f"model is a {net.task} network, not {task}")
     else:
         dev = resolve_device(device)
-        channels = arr.shape[2] if sigma is None else None  # the image picks the default (see load_model)
+        # the image picks the default (see load_model); a noise level given keeps the task's
+        channels = arr.shape[2] if sigma is None and get_task(task).picks_by_channels else None
         key = (task, model, str(weights), str(dev), bool(blind), channels)
         lm = _MODEL_CACHE.get(key)
         if lm is None:

@@ -135,6 +135,12 @@ class Task:
         return "blind" in self.defaults
 
     @property
+    def picks_by_channels(self) -> bool:
+        """The default weight set depends on the image's channels (grey / colour blind
+        denoisers) when no model or noise level is given."""
+        return self.default_model(channels=1) != self.default_model(channels=3)
+
+    @property
     def options(self) -> Tuple[str, ...]:
         """The command-line options that apply: ``sigma`` (noise), ``scale``, ``kernel``."""
         return tuple(o for o, on in (("sigma", self.eval_sigma > 0), ("scale", self.scaled),

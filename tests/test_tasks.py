@@ -37,6 +37,7 @@ def test_default_by_channels_when_a_row_has_one():
     assert (t.default_model(channels=1), t.default_model(channels=3)) == (
         "converse_unet_blind_gray", "converse_unet_blind_color")
     assert t.default_model() == "converse_dncnn_official"
+    assert [row.picks_by_channels for row in TASKS.values()] == [True, False, False]
     assert get_task("sr").default_model(channels=3) == get_task("sr").default_model()
     row = type(t)(**{**t.__dict__, "defaults": {"default": "a", "default_3": "b"}})
     assert (row.default_model(channels=1), row.default_model(channels=3)) == ("a", "b")

@@ -431,17 +431,22 @@ def _load(args, task: str, device, blind: bool = False, log=None, channels=None)
 
 def _load_for_images(args, task: str, device, log) -> Dict[int, Any]:
     """``{channels: LoadedModel}`` for grey (1) and colour (3) images: the task's default for
-    each kind when no --model and no --sigma are given (the blind denoisers), else one model
-    for both."""
-    sigma_given = getattr(args, "sigma", None) is not None
-    if args.model is None and not sigma_given and args.weights in ("auto", "builtin"):
-        grey = _load(args, task, device, blind=getattr(args, "blind", False), channels=1)
-        colour = _load(args, task, device, blind=getattr(args, "blind", False), channels=3)
+    each kind when the task picks by channels and neither --model nor --sigma is given (the
+    blind denoisers), else one model for both."""
+    from ..tasks import get_task
+
+    blind = getattr(args, "blind", False)
+    if (get_task(task).picks_by_channels and args.model is None and getattr(args, "sigma", None) is None
+            and args.weights in ("auto", "builtin")):
+        grey = _load(args, task, device, blind=blind, channels=1)
+        colour = _load(args, task, device, blind=blind, channels=3)
         if grey.name != colour.name:
             log(f"weights for grey images: {grey.source}")
             log(f"weights for colour images: {colour.source}")
             return {1: grey, 3: colour}
-    lm = _load(args, task, device, blind=getattr(args, "blind", False), log=log)
+        log(f"weights: {grey.source}")  # no per-channel files here: the one fallback model
+        return {1: grey, 3: grey}
+    lm = _load(args, task, device, blind=blind, log=log)
     return {1: lm, 3: lm}
 
 
