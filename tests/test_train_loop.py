@@ -73,6 +73,49 @@ def test_resume_in_process_is_exact_with_ema_and_scheduler(tmp_path):
     assert [r["iter"] for r in ra] == [r["iter"] for r in rb]
 
 
+def test_resume_follows_an_edited_schedule_and_says_so(tmp_path, capsys):
+    # the checkpoint's scheduler state holds its own milestones; an edited config must win
+    first = tiny_config(tmp_path, **{"train.total_iter": 4, "train.milestones": [100]})
+    assert _run(first, tmp_path / "r") == 0
+    edited = tiny_config(tmp_path, **{"train.total_iter": 8, "train.milestones": [2, 6], "train.gamma": 0.1})
+    Trainer(config_from_dict(edited), out_dir=tmp_path / "r", resume=True).run()
+    err = capsys.readouterr()
+    assert "configured schedule" in err.out + err.err and "lr now 0.0001" in err.out + err.err
+    ck = load_checkpoint(tmp_path / "r" / "last.pth")
+    # 1e-3, one milestone (2) passed at resume, the second (6) during the resumed part
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.1 ** 2, rel=1e-9)
+    assert sorted(ck["scheduler"]["milestones"]) == [2, 6]
+    # an unchanged config resumes exactly: no notice, and the learning rate is left alone
+    assert Trainer(config_from_dict({**edited, "train": {**edited["train"], "total_iter": 9}}),
+                   out_dir=tmp_path / "r", resume=True).run() == 0
+    out = capsys.readouterr()
+    assert "configured schedule" not in out.out + out.err
+    assert load_checkpoint(tmp_path / "r" / "last.pth")["optimizer"]["param_groups"][0]["lr"] == \
+        pytest.approx(1e-5, rel=1e-9)
+
+
+def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(tmp_path, capsys):
+    # reference: the same run without EMA, its weights kept at every iteration
+    base = {"train.milestones": [], "train.snapshot_every": 1}
+    assert _run(tiny_config(tmp_path, **{**base, "train.total_iter": 6}), tmp_path / "ref") == 0
+    assert _run(tiny_config(tmp_path, **{**base, "train.total_iter": 4}), tmp_path / "r") == 0
+    on = tiny_config(tmp_path, **{**base, "train.total_iter": 6, "train.ema_decay": 0.5})
+    Trainer(config_from_dict(on), out_dir=tmp_path / "r", resume=True).run()
+    assert "EMA (decay 0.5) starts at iteration 4" in "".join(capsys.readouterr())
+    snap = {i: torch.load(tmp_path / "ref" / "snapshots" / f"iter_{i:07d}.pth", weights_only=True)
+            for i in (4, 5, 6)}
+    expect = {}
+    for k, w4 in snap[4].items():
+        e = w4.double()
+        for i in (5, 6):
+            e = 0.5 * e + 0.5 * snap[i][k].double() if w4.is_floating_point() else snap[i][k]
+        expect[k] = e
+    ck = load_checkpoint(tmp_path / "r" / "last.pth")
+    assert max_diff(ck["model"], snap[6]) <= 1e-6  # EMA does not change the training itself
+    assert max_diff(ck["ema"], expect) <= 1e-6
+    assert max_diff(ck["ema"], snap[6]) > 1e-6      # and it is an average, not a copy
+
+
 def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, **{"train.total_iter": 2})
     assert _run(cfg, tmp_path / "r") == 0

@@ -42,6 +42,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -311,9 +312,11 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
             self.sched.load_state_dict(ckpt["scheduler"])
-            if self.ema is not None:
-                if ckpt.get("ema") is None:
-                    raise CheckpointError(f"{path}: has no EMA state but train.ema_decay > 0")
+            fresh_ema = self.ema is not None and ckpt.get("ema") is None
+            if fresh_ema:
+                # EMA switched on for a run that had none: it averages from the resumed weights on
+                self.ema = EMA(self.model, self.cfg.train.ema_decay)
+            elif self.ema is not None:
                 self.ema.load_state_dict(ckpt["ema"])
             set_rng_state(ckpt["rng"])
         except CheckpointError:
@@ -326,6 +329,14 @@ class Trainer:
                                   f"this checkpoint (model {ckpt.get('model_name')!r}): {first}") from None
         self.iteration = int(ckpt["iteration"])
         self.best_psnr, self.best_iter = float(ckpt.get("best_psnr", -math.inf)), int(ckpt.get("best_iter", 0))
+        if fresh_ema:
+            self._say(f"notice: EMA (decay {self.cfg.train.ema_decay}) starts at iteration {self.iteration} "
+                      f"from the resumed weights")
+        if _apply_schedule(self.sched, self.cfg.train, self.iteration):
+            lrs = sorted({g["lr"] for g in self.opt.param_groups})
+            self._say(f"notice: the configured schedule (lr {self.cfg.train.lr}, milestones "
+                      f"{list(self.cfg.train.milestones)}, gamma {self.cfg.train.gamma}) replaces the "
+                      f"checkpoint's from iteration {self.iteration}: lr now {', '.join(f'{v:g}' for v in lrs)}")
         old = ckpt.get("config", {})
         new = config_to_dict(self.cfg)
         diff = _diff_keys(old, new)
@@ -586,6 +597,30 @@ def _remove_stale_temps(folder: Path) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _apply_schedule(sched: torch.optim.lr_scheduler.MultiStepLR, t: Any, iteration: int) -> bool:
+    """Make a resumed MultiStepLR follow the configured lr / milestones / gamma.
+
+    A checkpoint's scheduler state carries its own milestones, so without this an edited
+    schedule would be silently ignored on ``--resume``. The learning rate becomes the one the
+    configured schedule gives at ``iteration`` (``lr * gamma ** milestones passed``). Returns
+    True when anything changed (the resume is then no longer bit-exact, and says so).
+    """
+    milestones = Counter(int(m) for m in t.milestones)
+    base = [float(t.lr)] * len(sched.base_lrs)
+    passed = sum(n for m, n in milestones.items() if m <= iteration)
+    lr = float(t.lr) * float(t.gamma) ** passed
+    same = (sched.milestones == milestones and float(sched.gamma) == float(t.gamma)
+            and [float(b) for b in sched.base_lrs] == base
+            and all(math.isclose(g["lr"], lr, rel_tol=1e-12) for g in sched.optimizer.param_groups))
+    if same:
+        return False
+    sched.milestones, sched.gamma, sched.base_lrs = milestones, float(t.gamma), base
+    for g in sched.optimizer.param_groups:
+        g["initial_lr"], g["lr"] = float(t.lr), lr
+    sched._last_lr = [lr] * len(sched.optimizer.param_groups)
+    return True
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> List[str]:
