@@ -100,8 +100,11 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
                     inp = gr.File(label="Images (PNG, JPEG, TIFF, BMP; 8 or 16 bits)", file_count="multiple",
                                   file_types=IMAGE_TYPES, elem_id="restore-input")
                     task = gr.Radio(list(TASKS), value="Denoise", label="Task", elem_id="restore-task")
+                    known = gr.Checkbox(False, label="I know the noise level",
+                                        info="Unchecked: blind denoisers, grey or colour by the image",
+                                        elem_id="restore-sigma-known")
                     sigma = gr.Slider(0, 75, value=25, step=0.5, label="Noise level of the images (0–255)",
-                                      elem_id="restore-sigma")
+                                      visible=False, elem_id="restore-sigma")
                     ksig = gr.Slider(0.3, 4.0, value=1.6, step=0.1, label="Gaussian blur kernel width (pixels)",
                                      visible=False, elem_id="restore-kernel-sigma")
                     kfile = gr.File(label="Blur kernel (.npy, .mat or a grey image; 2-D, at most 7×7)",
@@ -145,12 +148,13 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
                     lsum = gr.Markdown(elem_id="layer-summary")
 
         # ------------------------------------------------------------------ events
-        def on_task(t):
+        def on_task(t, k):
             _, blind, ks = TASKS.get(t, ("denoise", False, None))
-            return (gr.update(visible=t == "Denoise"), gr.update(visible=ks == "gaussian"),
-                    gr.update(visible=ks == "file"))
+            return (gr.update(visible=t == "Denoise"), gr.update(visible=t == "Denoise" and k),
+                    gr.update(visible=ks == "gaussian"), gr.update(visible=ks == "file"))
 
-        task.change(on_task, task, [sigma, ksig, kfile], queue=False)
+        task.change(on_task, [task, known], [known, sigma, ksig, kfile], queue=False)
+        known.change(lambda t, k: gr.update(visible=t == "Denoise" and k), [task, known], sigma, queue=False)
 
         def on_weights(w):
             up = WEIGHTS.get(w) == "upload"
@@ -158,14 +162,14 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
 
         weights.change(on_weights, weights, [wfile, arch], queue=False)
 
-        def do_restore(files, t, s, ks, kf, w, wf, a, rf, progress=gr.Progress()):
+        def do_restore(files, t, k, s, ks, kf, w, wf, a, rf, progress=gr.Progress()):
             images, kpaths, wpaths, rpaths = _paths(files), _paths(kf), _paths(wf), _paths(rf)
             uploads = images + kpaths + wpaths + rpaths
             try:
                 gone = _missing(uploads)
                 if gone:
                     raise WebError(gone)
-                rep = engine.restore(images, t, w, wpaths[0] if wpaths else None, a, float(s), float(ks),
+                rep = engine.restore(images, t, w, wpaths[0] if wpaths else None, a, float(s) if k else None, float(ks),
                                      kpaths[0] if kpaths else None, rpaths,
                                      progress=lambda f, d: progress(f, desc=d))
             except WebError as e:
@@ -192,7 +196,7 @@ def build_app(engine: Engine, upload_root) -> gr.Blocks:
         def clear_uploads():
             return None, None, None, None
 
-        ran = run.click(do_restore, [inp, task, sigma, ksig, kfile, weights, wfile, arch, refs],
+        ran = run.click(do_restore, [inp, task, known, sigma, ksig, kfile, weights, wfile, arch, refs],
                   [slider, pick, status, table, files_out, shown], concurrency_limit=1, concurrency_id=GROUP,
                   show_progress="full")
         # the uploads are gone from the server after every answer, so their fields are emptied

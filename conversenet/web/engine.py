@@ -61,6 +61,11 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 _TAGS = {"denoise": "denoised", "sr": "x4", "deblur": "deblurred"}
 
 
+def _colour(img: np.ndarray) -> int:
+    """1 for grey (with or without alpha), 3 for colour (with or without alpha): HxWxC."""
+    return 1 if img.shape[2] in (1, 2) else 3
+
+
 class WebError(ValueError):
     """A problem with a request, worded for the page (names the upload, says what to do)."""
 
@@ -207,9 +212,14 @@ class Engine:
     # ----------------------------------------------------------------------------------
     # models
     # ----------------------------------------------------------------------------------
-    def load(self, task: str, blind: bool, weights: str = "Auto", weights_file=None, model: Optional[str] = None):
+    def load(self, task: str, blind: bool, weights: str = "Auto", weights_file=None, model: Optional[str] = None,
+             channels: Optional[int] = None):
         """The :class:`conversenet.restore.LoadedModel` for a request (named weights are cached;
-        an uploaded file is read with ``torch.load(weights_only=True)`` and not kept)."""
+        an uploaded file is read with ``torch.load(weights_only=True)`` and not kept).
+
+        ``channels`` (of the image) picks the task's default for such images where it has one
+        (denoising with no model named: the blind grey / colour denoisers), as
+        :func:`conversenet.restore.load_model` does."""
         from .. import restore as R
 
         if weights not in WEIGHTS:
@@ -230,11 +240,12 @@ class Engine:
             lm.model.to(self.device)
             lm.source = f"uploaded file {name} ({lm.name})"
             return lm
-        key = (task, bool(blind), w, model)
+        by_channels = channels if get_task(task).picks_by_channels else None
+        key = (task, bool(blind), w, model, by_channels)
         lm = self._models.get(key)
         if lm is None:
             try:
-                lm = R.load_model(task, model, w, self.device, blind=blind)
+                lm = R.load_model(task, model, w, self.device, blind=blind, channels=by_channels)
             except (R.RestoreError, ValueError) as e:
                 raise WebError(f"weights: {e}") from None
             self._models[key] = lm
@@ -244,15 +255,18 @@ class Engine:
     # restore tab
     # ----------------------------------------------------------------------------------
     def restore(self, files: Sequence, task: str, weights: str = "Auto", weights_file=None,
-                model: Optional[str] = None, sigma: float = 25.0, kernel_sigma: float = 1.6, kernel_file=None,
+                model: Optional[str] = None, sigma: Optional[float] = None, kernel_sigma: float = 1.6,
+                kernel_file=None,
                 references: Sequence = (), progress: Optional[Callable[[float, str], None]] = None,
                 model_override=None) -> RestoreReport:
         """Restores each upload in ``files`` (paths) with the task labelled ``task`` (:data:`TASKS`).
 
         Args:
             weights, weights_file, model: see :meth:`load`.
-            sigma: denoise: the noise level of the uploads (0..255); a warning says when
-                the weights were trained for another one.
+            sigma: denoise: the noise level of the uploads (0..255), or None (unknown): each
+                image then gets the default for its channels (the blind grey / colour
+                denoisers with Auto or Built-in weights). A warning says when the weights
+                were trained for another level than the one given.
             kernel_sigma / kernel_file: non-blind deblurring with a Gaussian or a kernel file.
             references: clean images; one whose name (without extension) is an upload's
                 is its reference; a single reference goes with a single upload.
@@ -273,8 +287,8 @@ class Engine:
         if task not in TASKS:
             raise WebError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         tname, blind, ksrc = TASKS[task]
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
-            raise WebError(f"noise level must be a number >= 0, got {sigma!r}")
+        if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
+            raise WebError(f"noise level must be a number >= 0 (or unknown), got {sigma!r}")
         kspec, kname = None, None
         if ksrc == "gaussian":
             if not (isinstance(kernel_sigma, (int, float)) and math.isfinite(kernel_sigma) and kernel_sigma > 0):
@@ -307,29 +321,43 @@ class Engine:
         if model_override is not None:
             over = as_restoration_model(model_override, tname)
             lm = R.LoadedModel(over.eval().to(self.device), over.describe(), "module passed in", {})
+            models = {None: lm}
+        elif (sigma is None and get_task(tname).picks_by_channels and WEIGHTS.get(weights) in ("auto", "builtin")
+              and model in (None, "", FROM_FILE)):
+            # noise level unknown: each image gets the default for its channels (grey+alpha is grey)
+            models = {c: self.load(tname, blind, weights, weights_file, model, channels=c)
+                      for c in sorted({_colour(img) for _, img, _ in images})}
+            lm = next(iter(models.values()))
         else:
             lm = self.load(tname, blind, weights, weights_file, model)
+            models = {None: lm}
+        for lm in models.values():
+            self._check_model(lm, tname, kspec)
         net = lm.model
-        if net.task != tname:
-            raise WebError(f"{lm.name} is a {net.task} network, not {tname}")
         kernel = None
         if net.takes_kernel:
-            if kspec is None:
-                raise WebError(f"{lm.name} needs a blur kernel: pick 'Deblur, Gaussian kernel' or 'Deblur, uploaded kernel'")
             try:
                 kernel = R.make_kernel(kspec, net.blur_kernel_size)
             except (KernelError, ValueError, TypeError, ImportError) as e:
                 raise WebError(f"kernel {kname}: {_scrub(e, kspec, kname)}") from None
         warnings = []
-        if get_task(tname).noisy_input and lm.sigma is not None and float(sigma) != lm.sigma:
-            warnings.append(f"{lm.name} was trained for noise level {lm.sigma:g}; results at {float(sigma):g} may be poor")
-        min_side = net.min_input_size
+        for m in models.values():
+            if not get_task(tname).noisy_input or m.sigma is None:
+                continue
+            if sigma is None:
+                warnings.append(f"{m.name} was trained for noise level {m.sigma:g} only; for an unknown level "
+                                f"use Auto or Built-in weights (the blind denoisers)")
+            elif float(sigma) != m.sigma:
+                warnings.append(f"{m.name} was trained for noise level {m.sigma:g}; results at {float(sigma):g} "
+                                f"may be poor")
         out_dir = self._new_result_dir("result-")
-        scale = int(net.scale)
+        scale = int(net.scale)  # the same for every model of one task
         done: List[RestoredImage] = []
         used = set()
         n = len(images)
         for i, (name, img, depth) in enumerate(images):
+            lm = models.get(_colour(img), models.get(None))
+            min_side = lm.model.min_input_size
             if min(img.shape[:2]) < min_side:
                 errors.append(f"{name}: {img.shape[1]}x{img.shape[0]} is smaller than the model's minimum side {min_side}")
                 continue
@@ -372,7 +400,15 @@ class Engine:
             progress(1.0, "done")
         if not done:
             raise WebError("; ".join(errors))
-        return RestoreReport(done, errors, warnings, lm.source, time.perf_counter() - t0)
+        return RestoreReport(done, errors, warnings, "; ".join(dict.fromkeys(m.source for m in models.values())),
+                             time.perf_counter() - t0)
+
+    @staticmethod
+    def _check_model(lm, task: str, kspec) -> None:
+        if lm.model.task != task:
+            raise WebError(f"{lm.name} is a {lm.model.task} network, not {task}")
+        if lm.model.takes_kernel and kspec is None:
+            raise WebError(f"{lm.name} needs a blur kernel: pick 'Deblur, Gaussian kernel' or 'Deblur, uploaded kernel'")
 
     @staticmethod
     def _measure(out: np.ndarray, base: np.ndarray, ref, depth: int, task: str, scale: int):
