@@ -729,8 +729,6 @@ def run_demo(args) -> int:
     kernel = make_kernel("gaussian:1.6", net.blur_kernel_size or 7) if t.uses_kernel else None
     proto = t.protocol(sigma=lm.sigma, scale=s, kernel=kernel,
                        kernel_name="gaussian:1.6" if t.uses_kernel else "", seed=args.seed)
-    what = {"denoise": f"Gaussian noise sigma={proto.sigma:g}", "sr": f"bicubic downscaling x{s}",
-            "deblur": f"Gaussian blur (sigma 1.6) + noise {proto.sigma:g}"}[task]
     gt, lq = degrade(scene, proto)
     t0 = time.perf_counter()
     out = R.restore_array(lq, lm, kernel, tile=tile, overlap=overlap, max_memory=budget)
@@ -746,7 +744,8 @@ def run_demo(args) -> int:
     key = "psnr_y" if "psnr_y" in r1 else "psnr"
     dest = Path(args.output) / f"demo_{task}.png"
     write_image(dest, side_by_side(gt, from_float(np.clip(lq, 0, 1), 8), o8), overwrite=True)
-    print(f"demo {task}: a {gt.shape[1]}x{gt.shape[0]} generated scene, {what}, restored in {dt:.1f} s on {device}")
+    print(f"demo: a {gt.shape[1]}x{gt.shape[0]} generated scene; {proto.describe()}; restored in {dt:.1f} s "
+          f"on {device}")
     print(f"PSNR {base_name}: {r0[key]:.2f} dB   restored: {r1[key]:.2f} dB"
           + ("  (Y channel, border 4)" if key == "psnr_y" else ""))
     print(f"wrote {dest} (clean | {'low-resolution' if t.scaled else 'degraded'} | restored)")
