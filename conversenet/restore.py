@@ -116,7 +116,8 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
     ``origin="package"``) usable for ``task`` whose file is present, best first; empty when
     none. For deblurring only those of the mode (``blind`` or taking a kernel); with
     ``model``, only sets named ``model`` or for that architecture (or the architecture of
-    the weight set ``model``). The task's default architecture comes first."""
+    the weight set ``model``). The set named ``model`` comes first, then those of the task's
+    default architecture."""
     W = _weights_mod()
     default_arch = _architecture(_default_name(task, blind))
     archs = None if model is None else {model, _architecture(model)}
@@ -130,7 +131,7 @@ def builtin_weights(task: str, model: Optional[str] = None, blind: bool = False)
             found.append(ws)
     # the default architecture first, then sets trained for one noise level (the paper's
     # protocol) before blind ones (those are picked by image channels, see load_model)
-    return sorted(found, key=lambda ws: (ws.model != default_arch, ws.sigma is None, ws.name))
+    return sorted(found, key=lambda ws: (ws.name != model, ws.model != default_arch, ws.sigma is None, ws.name))
 
 
 def load_weights_file(path: Union[str, os.PathLike], task: Optional[str] = None, model: Optional[str] = None,

@@ -100,6 +100,18 @@ def test_restore_picks_the_model_by_image_channels(channels, capsys, monkeypatch
     assert "blind" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("named", [1, 3])
+@pytest.mark.parametrize("image_channels", [None, 1, 3])
+def test_a_named_blind_set_is_the_one_loaded_whatever_the_image(named, image_channels, monkeypatch):
+    # both sets share the architecture: naming one must never load the other
+    monkeypatch.setenv("CONVERSENET_OFFLINE", "1")
+    import conversenet.restore as R
+
+    lm = R.load_model("denoise", NAMES[named], "builtin", channels=image_channels)
+    assert lm.model.in_channels == named
+    assert f"{NAMES[named]}.safetensors" in lm.source and NAMES[4 - named] not in lm.source
+
+
 def _noisy_files(folder: Path) -> None:
     rng = np.random.default_rng(0)
     for name, ch in (("colour.png", 3), ("grey.png", 1)):
