@@ -160,3 +160,42 @@ def test_demo_restores_a_colour_scene_with_the_colour_model(tmp_path, capsys, mo
     assert restored_db > noisy_db + 4.0
     a, info = read_image(out / "demo_denoise.png")
     assert a.shape[2] == 3 and not (a[..., 0] == a[..., 1]).all()  # a colour picture, not grey
+
+
+def test_chroma_subsampling_read_from_the_jpeg_header(tmp_path):
+    from PIL import Image
+
+    from conversenet.data import chroma_subsampling
+
+    rgb = (_scene(3, 32) * 255).astype(np.uint8)
+    for sub, want in ((2, "4:2:0"), (1, "4:2:2"), (0, None)):
+        Image.fromarray(rgb).save(tmp_path / f"s{sub}.jpg", quality=90, subsampling=sub)
+        assert chroma_subsampling(tmp_path / f"s{sub}.jpg") == want
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    for name in ("grey.jpg", "c.png", "bad.jpg", "missing.jpg"):
+        assert chroma_subsampling(tmp_path / name) is None, name
+
+
+def test_cli_notes_once_when_a_colour_jpeg_has_subsampled_colour(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("CONVERSENET_OFFLINE", "1")
+    rng = np.random.default_rng(1)
+    noisy = np.clip(np.round(_scene(3, 48) * 255 + rng.normal(0, 25, (48, 48, 3))), 0, 255).astype(np.uint8)
+    for name, sub in (("a420.jpg", 2), ("b420.jpg", 2), ("c444.jpg", 0)):
+        Image.fromarray(noisy).save(tmp_path / name, quality=95, subsampling=sub)
+    args = ["--no-progress", "--workers", "0", "--threads", "1"]
+    assert main(["denoise", str(tmp_path / "c444.jpg"), "-o", str(tmp_path / "o1")] + args) == 0
+    assert "reduced resolution" not in capsys.readouterr().out
+    assert main(["denoise", str(tmp_path / "a420.jpg"), str(tmp_path / "b420.jpg"), "-o", str(tmp_path / "o2")]
+                + args) == 0
+    out = capsys.readouterr().out
+    assert out.count("reduced resolution (JPEG 4:2:0)") == 1
+    assert "--model converse_unet_blind_gray" in out
+    # a model named: no note (the user chose)
+    assert main(["denoise", str(tmp_path / "a420.jpg"), "-o", str(tmp_path / "o3"), "--model",
+                 "converse_unet_blind_gray", "--weights", "builtin"] + args) == 0
+    assert "reduced resolution" not in capsys.readouterr().out
+    assert read_image(tmp_path / "o3" / "a420.jpg")[0].shape == (48, 48, 3)  # the grey model, per channel

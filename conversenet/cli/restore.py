@@ -543,6 +543,7 @@ def _run_files(args, ctx) -> int:
         + f", overlap {overlap}")
     sys.stdout.flush()
 
+    noted_chroma = False
     for kind, item, payload in job:
         src, dest = item.src, item.dest
         if kind == "error":
@@ -554,6 +555,8 @@ def _run_files(args, ctx) -> int:
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
             used = lms[1 if img.shape[2] in (1, 2) else 3]  # grey (+ alpha): the grey model; colour: the colour one
+            if used is not lms[1] and not noted_chroma:
+                noted_chroma = _note_chroma(job, src, lms)
             out = R.restore_array(img, used, kernel, tile=tile, overlap=overlap, max_memory=budget,
                                   progress=_tile_bar(args.progress and ctx.world == 1, src.name))
             job.begin(item)
@@ -587,6 +590,22 @@ def _run_files(args, ctx) -> int:
     print(f"done: {total.written} written, {total.failed} failed"
           + (f", {total.skipped} skipped (already complete)" if total.skipped else ""))
     return 1 if total.failed else 0
+
+
+def _note_chroma(job, src: Path, lms) -> bool:
+    """Says (once per run) when a colour JPEG with subsampled colour goes to the colour model
+    chosen by channels: its noise is nearly the same in R, G and B, which that model (trained
+    on independent noise per channel) removes poorly; the grey one channel by channel does
+    better there (measured in its model card)."""
+    from ..data import chroma_subsampling
+
+    sub = chroma_subsampling(src)
+    if sub is None:
+        return False
+    job.write(f"note: {src} stores its colour at reduced resolution (JPEG {sub}); noise in such files is "
+              f"nearly the same in R, G and B, which {lms[3].name} removes poorly: --model {lms[1].name} "
+              f"(channel by channel) usually does better there (see its model card)")
+    return True
 
 
 def _tile_bar(enabled: bool, name: str):

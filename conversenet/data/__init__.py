@@ -27,6 +27,7 @@ from .io import (
     IMAGE_EXTENSIONS,
     ImageInfo,
     ImageReadError,
+    chroma_subsampling,
     from_float,
     gray_to_rgb,
     list_images,
@@ -53,7 +54,7 @@ from .sample import sample_image
 __all__ = [
     # io
     "ImageReadError", "ImageInfo", "IMAGE_EXTENSIONS", "ALPHA_MODES", "list_images", "read_image", "probe_image",
-    "write_image",
+    "chroma_subsampling", "write_image",
     "to_float", "from_float", "to_tensor", "to_image", "gray_to_rgb", "rgb_to_gray",
     # resize
     "imresize", "modcrop", "cubic", "resize_weights",

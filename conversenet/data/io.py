@@ -68,6 +68,7 @@ __all__ = [
     "list_images",
     "read_image",
     "probe_image",
+    "chroma_subsampling",
     "write_image",
     "to_float",
     "from_float",
@@ -273,6 +274,23 @@ def probe_image(path: PathLike, allow_float: bool = False) -> Optional[Tuple[int
         raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {spath!r}: {e}") from e
+
+
+def chroma_subsampling(path: PathLike) -> Optional[str]:
+    """``"4:2:0"`` or ``"4:2:2"`` for a colour JPEG that stores its colour (Cb, Cr) at reduced
+    resolution, read from the header; None for anything else (4:4:4, grey, other formats,
+    unreadable files). Noise in such files is blurred in colour and left at full resolution
+    in brightness, so it is nearly the same in R, G and B: not the independent per-channel
+    noise a colour Gaussian denoiser is trained on."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        with Image.open(str(path)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "YCbCr"):
+                return None
+            return {1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im))
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def read_image(path: PathLike, alpha: str = "drop", background: float = 1.0,
