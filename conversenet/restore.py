@@ -53,7 +53,7 @@ from .models.base import as_restoration_model
 from .models.registry import LoadedModel
 from .tasks import TASK_NAMES
 from .tasks import TASKS as _TASKS
-from .tasks import get_task
+from .tasks import channel_kind, get_task
 from .tiling import DEFAULT_OVERLAP, MIN_AUTO_TILE, plan_tile
 
 __all__ = [
@@ -198,7 +198,7 @@ def _by_channels(task: str, model: Optional[str], weights: str, blind: bool,
     if model is not None or channels is None or weights not in ("auto", "builtin"):
         return None
     t = get_task(task)
-    name = t.default_model(blind=blind, channels=1 if channels in (1, 2) else 3)
+    name = t.default_model(blind=blind, channels=channel_kind(channels))
     if name == t.default_model(blind=blind):
         return None
     W = _weights_mod()
@@ -208,6 +208,15 @@ def _by_channels(task: str, model: Optional[str], weights: str, blind: bool,
     lm = _load_set(ws, name, "built-in weights" if ws.origin == "package" else "authors' weights")
     lm.source += f" (the default for {'grey' if ws.channels == 1 else 'colour'} images)"
     return lm
+
+
+def by_image_kind(task: str, model: Optional[str], weights: str, sigma: Optional[float]) -> bool:
+    """Whether the model is picked by the kind of each image (grey / colour): the task has
+    such defaults (denoising: the blind denoisers) and neither a model, a noise level nor
+    weights other than "auto" / "builtin" were asked for. The CLI and the web app ask this
+    before loading one model per kind."""
+    return (get_task(task).picks_by_channels and model is None and sigma is None
+            and weights in ("auto", "builtin"))
 
 
 def _load_by_weights(task: str, model: Optional[str], w: str, blind: bool) -> LoadedModel:
@@ -339,7 +348,7 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
     else:
         dev = resolve_device(device)
         # the image picks the default (see load_model); a noise level given keeps the task's
-        channels = arr.shape[2] if sigma is None and get_task(task).picks_by_channels else None
+        channels = arr.shape[2] if by_image_kind(task, model, str(weights), sigma) else None
         key = (task, model, str(weights), str(dev), bool(blind), channels)
         lm = _MODEL_CACHE.get(key)
         if lm is None:

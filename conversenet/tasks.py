@@ -92,6 +92,12 @@ def _degrade_deblur(gt: np.ndarray, p: Protocol) -> np.ndarray:
     return usrnet_degrade_np(gt, p.kernel, 1, p.sigma, p.seed)
 
 
+def channel_kind(channels: int) -> int:
+    """1 for grey images (1 channel, or 2: grey + alpha), 3 for colour ones (3, or 4 with
+    alpha): the key of the per-kind defaults (``default_1`` / ``default_3``)."""
+    return 1 if channels in (1, 2) else 3
+
+
 @dataclass(frozen=True)
 class Task:
     """One row of the task table.

@@ -433,11 +433,10 @@ def _load_for_images(args, task: str, device, log) -> Dict[int, Any]:
     """``{channels: LoadedModel}`` for grey (1) and colour (3) images: the task's default for
     each kind when the task picks by channels and neither --model nor --sigma is given (the
     blind denoisers), else one model for both."""
-    from ..tasks import get_task
+    from ..restore import by_image_kind
 
     blind = getattr(args, "blind", False)
-    if (get_task(task).picks_by_channels and args.model is None and getattr(args, "sigma", None) is None
-            and args.weights in ("auto", "builtin")):
+    if by_image_kind(task, args.model, args.weights, getattr(args, "sigma", None)):
         grey = _load(args, task, device, blind=blind, channels=1)
         colour = _load(args, task, device, blind=blind, channels=3)
         if grey.name != colour.name:
@@ -500,7 +499,7 @@ def _run_files(args, ctx) -> int:
 
     from .. import batch as B
     from .. import restore as R
-    from ..tasks import get_task
+    from ..tasks import channel_kind, get_task
 
     task = args.task
     device, tile, overlap, budget = _setup(args)
@@ -554,7 +553,7 @@ def _run_files(args, ctx) -> int:
             img, depth, _ = payload
             if min(img.shape[:2]) < min_side:
                 raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, smaller than the model's minimum side {min_side}")
-            used = lms[1 if img.shape[2] in (1, 2) else 3]  # grey (+ alpha): the grey model; colour: the colour one
+            used = lms[channel_kind(img.shape[2])]  # grey (+ alpha): the grey model; colour: the colour one
             if used is not lms[1] and not noted_chroma:
                 noted_chroma = _note_chroma(job, src, lms)
             out = R.restore_array(img, used, kernel, tile=tile, overlap=overlap, max_memory=budget,

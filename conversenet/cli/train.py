@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. preset=cpu")
     p.add_argument("--out", default=None, help="run folder (default: out_dir of the config, else runs/<name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                   help="continue from OUT/last.pth (or the checkpoint given); an edited train.lr / milestones / gamma or a new train.ema_decay applies from the resumed iteration on")
+                   help="continue from OUT/last.pth (or the checkpoint given); an edited train.lr / "
+                        "milestones / gamma or a new train.ema_decay applies from the resumed iteration on")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
     p.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
     p.add_argument("--export", default=None, metavar="OUT.pth",

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..models.base import as_restoration_model
-from ..tasks import get_task
+from ..tasks import channel_kind, get_task
 
 __all__ = ["TASKS", "WEIGHTS", "LAYER_WEIGHTS", "FROM_FILE", "DEFAULT_MAX_PIXELS", "WebError", "RestoredImage",
            "RestoreReport", "Engine", "clean_uploads"]
@@ -59,11 +59,6 @@ FROM_FILE = "(task default / from the file name)"
 #: default image size limit of a request (input pixels): 4096 x 4096
 DEFAULT_MAX_PIXELS = 4096 * 4096
 _TAGS = {"denoise": "denoised", "sr": "x4", "deblur": "deblurred"}
-
-
-def _colour(img: np.ndarray) -> int:
-    """1 for grey (with or without alpha), 3 for colour (with or without alpha): HxWxC."""
-    return 1 if img.shape[2] in (1, 2) else 3
 
 
 class WebError(ValueError):
@@ -322,18 +317,15 @@ class Engine:
             over = as_restoration_model(model_override, tname)
             lm = R.LoadedModel(over.eval().to(self.device), over.describe(), "module passed in", {})
             models = {None: lm}
-        elif (sigma is None and get_task(tname).picks_by_channels and WEIGHTS.get(weights) in ("auto", "builtin")
-              and model in (None, "", FROM_FILE)):
-            # noise level unknown: each image gets the default for its channels (grey+alpha is grey)
+        elif R.by_image_kind(tname, None if model in (None, "", FROM_FILE) else model, WEIGHTS.get(weights), sigma):
+            # noise level unknown: each image gets the default for its kind (grey + alpha is grey)
             models = {c: self.load(tname, blind, weights, weights_file, model, channels=c)
-                      for c in sorted({_colour(img) for _, img, _ in images})}
-            lm = next(iter(models.values()))
+                      for c in sorted({channel_kind(img.shape[2]) for _, img, _ in images})}
         else:
-            lm = self.load(tname, blind, weights, weights_file, model)
-            models = {None: lm}
-        for lm in models.values():
-            self._check_model(lm, tname, kspec)
-        net = lm.model
+            models = {None: self.load(tname, blind, weights, weights_file, model)}
+        for m in models.values():
+            self._check_model(m, tname, kspec)
+        net = next(iter(models.values())).model
         kernel = None
         if net.takes_kernel:
             try:
@@ -356,7 +348,7 @@ class Engine:
         used = set()
         n = len(images)
         for i, (name, img, depth) in enumerate(images):
-            lm = models.get(_colour(img), models.get(None))
+            lm = models.get(channel_kind(img.shape[2]), models.get(None))
             min_side = lm.model.min_input_size
             if min(img.shape[:2]) < min_side:
                 errors.append(f"{name}: {img.shape[1]}x{img.shape[0]} is smaller than the model's minimum side {min_side}")
