@@ -308,10 +308,12 @@ def degrade(gt: np.ndarray, protocol: Protocol) -> Tuple[np.ndarray, np.ndarray]
     return gt, task.degrade(gt, protocol)
 
 
-def restore_lq(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+def restore_lq(model, lq: np.ndarray, protocol: Protocol, device: Union[str, torch.device] = "cpu",
+               self_ensemble: bool = False) -> np.ndarray:
     """Runs ``model`` on the protocol's float (H, W, C) input through the one inference path
-    (:func:`conversenet.inference.run_model`, whole image: ``tile=0``); returns the clamped,
-    rounded uint8 output. Non-blind models receive the protocol's kernel."""
+    (:func:`conversenet.inference.run_model`, whole image: ``tile=0``; with ``self_ensemble``
+    the average of 8 flipped/rotated passes); returns the clamped, rounded uint8 output.
+    Non-blind models receive the protocol's kernel."""
     from .inference import run_model
 
     model = as_restoration_model(model)
@@ -319,7 +321,7 @@ def restore_lq(model, lq: np.ndarray, protocol: Protocol, device: Union[str, tor
     k = None
     if model.takes_kernel:
         k = torch.from_numpy(np.ascontiguousarray(protocol.kernel)).float()
-    return to_image(run_model(model, x, k, tile=0))
+    return to_image(run_model(model, x, k, tile=0, self_ensemble=self_ensemble))
 
 
 def measure(out: np.ndarray, gt: np.ndarray, protocol: Protocol) -> Dict[str, float]:
@@ -368,13 +370,16 @@ def evaluate_arrays(
     progress: bool = True,
     on_row: Optional[Callable[[Dict], None]] = None,
     protect: Iterable[Union[str, os.PathLike]] = (),
+    self_ensemble: bool = False,
 ) -> EvalResult:
     """Evaluates ``model`` on in-memory ground truths ``[(name, uint8 (H, W, C)), ...]``.
 
     Every image is size-checked before the first one is processed. With ``out_dir``,
     restored images go to ``out_dir/restored/<name>.png`` and, with ``compare``,
     ``out_dir/compare/<name>.png`` (written atomically; ``protect`` paths are never written).
-    ``on_row`` is called with each finished row (e.g. to print it).
+    ``on_row`` is called with each finished row (e.g. to print it). ``self_ensemble``: each
+    output is the average of 8 flipped/rotated passes (:func:`conversenet.inference.run_model`);
+    recorded in the result's meta.
     """
     from tqdm import tqdm
 
@@ -391,7 +396,7 @@ def evaluate_arrays(
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
             g, lq = degrade(gt, protocol)
-            out = restore_lq(model, lq, protocol, device)
+            out = restore_lq(model, lq, protocol, device, self_ensemble=self_ensemble)
             dt = time.perf_counter() - t0
             row = {"image": name, **measure(out, g, protocol), "height": int(g.shape[0]),
                    "width": int(g.shape[1]), "time_s": round(dt, 3)}
@@ -404,7 +409,7 @@ def evaluate_arrays(
                 on_row(row)
     finally:
         bar.close()
-    return EvalResult(rows, summarize(rows), protocol)
+    return EvalResult(rows, summarize(rows), protocol, {"self_ensemble": self_ensemble})
 
 
 def _write_png(path: Path, img: np.ndarray, protect) -> None:

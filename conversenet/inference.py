@@ -36,8 +36,9 @@ from . import _caches, _tuning
 from .models.base import as_restoration_model
 from .tiling import DEFAULT_OVERLAP, plan_tile, tiled_forward
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_MAX_MEMORY", "RestoreError", "parse_memory", "resolve_device",
-           "estimate_bytes_per_pixel", "estimate_memory", "run_model", "restore_array"]
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_MAX_MEMORY", "SELF_ENSEMBLE_PASSES", "RestoreError", "parse_memory",
+           "resolve_device", "estimate_bytes_per_pixel", "estimate_memory", "dihedral", "dihedral_inverse",
+           "run_model", "restore_array"]
 
 #: Default working-memory budget of the network (bytes); image buffers come on top.
 DEFAULT_MAX_MEMORY = 4 * 2**30
@@ -173,30 +174,82 @@ def estimate_memory(model: nn.Module, pixels: int, kernel: Optional[torch.Tensor
 # --------------------------------------------------------------------------------------
 # tensors and arrays
 # --------------------------------------------------------------------------------------
+#: The 8 symmetries of the square (4 quarter turns, each with and without a transpose).
+SELF_ENSEMBLE_PASSES = 8
+
+
+def dihedral(x: torch.Tensor, i: int) -> torch.Tensor:
+    """The ``i``-th (0..7) flip/rotation of the last two dims of ``x``: transposed when
+    ``i >= 4``, then turned ``i % 4`` quarter turns. :func:`dihedral_inverse` undoes it.
+
+    >>> x = torch.arange(6.).reshape(1, 1, 2, 3)
+    >>> [tuple(dihedral(x, i).shape[-2:]) for i in (0, 1, 4)]
+    [(2, 3), (3, 2), (3, 2)]
+    >>> all(torch.equal(dihedral_inverse(dihedral(x, i), i), x) for i in range(8))
+    True
+    """
+    if i >= 4:
+        x = x.transpose(-2, -1)
+    return torch.rot90(x, i % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(y: torch.Tensor, i: int) -> torch.Tensor:
+    """Undoes :func:`dihedral` ``(.., i)``."""
+    y = torch.rot90(y, -(i % 4), dims=(-2, -1))
+    return y.transpose(-2, -1) if i >= 4 else y
+
+
 def run_model(model: nn.Module, x: torch.Tensor, kernel: Optional[torch.Tensor] = None, *,
               tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
               max_memory: Union[int, str] = DEFAULT_MAX_MEMORY,
-              progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+              progress: Optional[Callable[[int, int], None]] = None,
+              self_ensemble: bool = False) -> torch.Tensor:
     """Applies ``model`` to ``x`` (N, C, H, W) without gradients, tiled when needed.
+
+    With ``self_ensemble``, the result is the average of the 8 passes on the flipped and
+    rotated input (each turned back; a blur kernel is flipped/rotated with the image, since
+    convolution commutes with these maps): about +0.1 dB for a denoiser at 8x the time.
+    ``progress(done, total)`` counts tiles (times the 8 passes); an untiled ensemble counts
+    passes.
 
     Returns (N, C, H*s, W*s) on x's device (s = ``model.scale``), not clamped.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a (N, C, H, W) tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(self_ensemble, bool):
+        raise TypeError(f"self_ensemble must be True or False, got {self_ensemble!r}")
     model = as_restoration_model(model)
     budget = parse_memory(max_memory)
-    h, w = x.shape[-2:]
-    with torch.no_grad():
-        t = plan_tile(h, w, lambda px: estimate_memory(model, px, kernel), budget, tile, overlap)
+    passes = SELF_ENSEMBLE_PASSES if self_ensemble else 1
+
+    def once(v: torch.Tensor, k: Optional[torch.Tensor], p: int) -> torch.Tensor:
+        # the tile plan of a transposed image is planned for its own shape
+        t = plan_tile(v.shape[-2], v.shape[-1], lambda px: estimate_memory(model, px, k), budget, tile, overlap)
         if t is None:
-            return model.restore(x, kernel)
-        return tiled_forward(lambda v: model.restore(v, kernel), x, tile=t, overlap=overlap,
-                             scale=model.scale, progress=progress)
+            y = model.restore(v, k)
+            if passes > 1 and progress is not None:
+                progress(p + 1, passes)
+            return y
+        step = None if progress is None else (lambda d, n: progress(p * n + d, passes * n))
+        return tiled_forward(lambda u: model.restore(u, k), v, tile=t, overlap=overlap,
+                             scale=model.scale, progress=step)
+
+    with torch.no_grad():
+        if passes == 1:
+            return once(x, kernel, 0)
+        acc, dtype = None, None
+        for i in range(passes):
+            k = None if kernel is None else dihedral(kernel, i).contiguous()
+            y = dihedral_inverse(once(dihedral(x, i).contiguous(), k, i), i)
+            dtype = y.dtype
+            acc = y.float() if acc is None else acc.add_(y.float())  # summed in float32 whatever the model's dtype
+        return acc.div_(passes).to(dtype)
 
 
 def restore_array(img: np.ndarray, lm, kernel=None, *, tile=None,
                   overlap: int = DEFAULT_OVERLAP, max_memory=DEFAULT_MAX_MEMORY,
-                  progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  self_ensemble: bool = False) -> np.ndarray:
     """Restores a float image (H, W, C) (values nominally in [0, 1], not clipped on input).
 
     Channel handling (returns the same C):
@@ -206,6 +259,8 @@ def restore_array(img: np.ndarray, lm, kernel=None, *, tile=None,
       * colour (C=3) into a grey model: each channel restored on its own;
       * C = 2 or 4 (alpha last): the colour part as above, the alpha channel unchanged
         (SR: resized with bicubic :func:`conversenet.data.imresize`).
+
+    ``self_ensemble``: average of 8 flipped/rotated passes (see :func:`run_model`).
 
     Returns float32 (H*s, W*s, C), clamped to [0, 1].
     """
@@ -229,7 +284,8 @@ def restore_array(img: np.ndarray, lm, kernel=None, *, tile=None,
 
     def run(a: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(dev, torch.float32)
-        y = run_model(model, x, k, tile=tile, overlap=overlap, max_memory=max_memory, progress=progress)
+        y = run_model(model, x, k, tile=tile, overlap=overlap, max_memory=max_memory, progress=progress,
+                      self_ensemble=self_ensemble)
         return y[0].clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
 
     cc = img.shape[2]

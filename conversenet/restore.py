@@ -311,7 +311,7 @@ _caches.register("restore-models", "networks loaded by conversenet.restore(...) 
 def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] = None, weights: str = "auto",
             kernel=None, blind: bool = False, sigma: Optional[float] = None, scale: Optional[int] = None,
             device="auto", tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
-            max_memory=DEFAULT_MAX_MEMORY, verbose: bool = False):
+            max_memory=DEFAULT_MAX_MEMORY, self_ensemble: bool = False, verbose: bool = False):
     """Restores one image and returns it in the kind it came in.
 
     Args:
@@ -329,6 +329,8 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         device: "auto", "cpu" or "cuda".
         tile, overlap, max_memory: tiling (see :func:`plan_tile`); defaults: tile only
             above a 4 GiB working-memory estimate, 32-pixel overlap.
+        self_ensemble: average 8 flipped/rotated passes (8x the time, usually a little
+            better; see :func:`conversenet.inference.run_model`).
 
     Returns:
         numpy: same dtype and channel layout ((H, W) stays (H, W)); PIL: same mode; tensor:
@@ -339,6 +341,8 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not isinstance(self_ensemble, bool):
+        raise TypeError(f"self_ensemble must be True or False, got {self_ensemble!r}")
     kind, arr, meta = to_float_hwc(image)
     if isinstance(model, nn.Module):
         net = as_restoration_model(model, task)
@@ -366,7 +370,7 @@ def restore(image, task: str = "denoise", *, model: Union[None, str, nn.Module] 
         raise ValueError(f"scale={scale} but the model {lm.name} upscales by {net.scale}")
     if sigma is not None and lm.sigma is not None and float(sigma) != lm.sigma:
         warnings.warn(f"the weights of {lm.name} were trained for sigma={lm.sigma:g}; got sigma={sigma:g}")
-    out = restore_array(arr, lm, k, tile=tile, overlap=overlap, max_memory=max_memory)
+    out = restore_array(arr, lm, k, tile=tile, overlap=overlap, max_memory=max_memory, self_ensemble=self_ensemble)
     return from_float_hwc(out, kind, meta)
 
 

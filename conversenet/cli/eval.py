@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
                    help="write restored images (default)")
     p.add_argument("--no-save-images", dest="save_images", action="store_false", help="do not write restored images")
     p.add_argument("--compare", action="store_true", help="also write degraded | restored | ground-truth PNGs")
+    p.add_argument("--self-ensemble", dest="self_ensemble", action="store_true",
+                   help="average 8 flipped/rotated passes per image (8x the time; the published tables "
+                        "do not use it, so results are kept apart: the output folder name ends in _x8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--data-root", default=None, help="data root holding testsets/ and kernels/ "
                    "(default: $CONVERSENET_DATA or ../shared/data)")
@@ -202,7 +205,8 @@ def _run_cells(args, state: dict, ctx) -> int:
                 kernels[kspec] = (None, "") if kspec is None else ev.resolve_kernel(kspec, args.data_root)
             kernel, kname = kernels[kspec]
             ds = Path(dspec).name if folder == Path(dspec) else dspec.lower()
-            parts = [mname, ds, kname] + ([f"sigma{sigma:g}"] if sweep and sigma is not None else [])
+            parts = [mname, ds, kname] + ([f"sigma{sigma:g}"] if sweep and sigma is not None else []) \
+                + (["x8"] if args.self_ensemble else [])
             stem = "_".join(x for x in parts if x)
             if sweep:
                 out = Path(args.out or "results") / stem
@@ -235,7 +239,8 @@ def _run_cells(args, state: dict, ctx) -> int:
         avg = _run_cell(args, state, ctx, device, cell)
         if avg is not None:
             summary.append({"model": cell["name"], "weights": args.weights, "dataset": cell["dataset"],
-                            "kernel": cell["kernel"], "sigma": cell["proto"].sigma, **avg, "out": str(cell["out"])})
+                            "kernel": cell["kernel"], "sigma": cell["proto"].sigma,
+                            "self_ensemble": args.self_ensemble, **avg, "out": str(cell["out"])})
     if sweep and ctx.is_main:
         _write_sweep(summary, Path(args.out or "results"))
     return 0
@@ -280,7 +285,7 @@ def _run_cell(args, state: dict, ctx, device, cell):
     kern = b"" if proto.kernel is None else proto.kernel.tobytes()
     key = settings_key({"model": name, "weights": _weights_id(args.weights), "protocol": proto.to_dict(),
                         "kernel": hashlib.sha256(kern).hexdigest(), "save_images": args.save_images,
-                        "compare": args.compare})
+                        "compare": args.compare, "self_ensemble": args.self_ensemble})
     done = {}
     for rec in journal.read():
         row = rec.get("row")
@@ -300,7 +305,8 @@ def _run_cell(args, state: dict, ctx, device, cell):
     if ctx.is_main:
         print(f"model {name} ({args.weights}) on {cell['folder']} ({len(images)} images), device {device}, "
               f"threads {torch.get_num_threads()}" + (f", {ctx.world} processes" if ctx.distributed else ""))
-        print(f"protocol: {proto.describe()}")
+        print(f"protocol: {proto.describe()}" + ("; self-ensemble: mean of 8 flipped/rotated passes"
+                                                 if args.self_ensemble else ""))
         if resumed:
             print(f"resuming: {resumed} of {len(images)} images already measured in {journal.folder}")
         print(head)
@@ -311,7 +317,7 @@ def _run_cell(args, state: dict, ctx, device, cell):
 
     def write_partial(interrupted=False):
         meta = {"model": name, "weights": args.weights, "dataset": cell["dataset"], "complete": False,
-                "images_total": len(images)}
+                "images_total": len(images), "self_ensemble": args.self_ensemble}
         if interrupted:
             meta["interrupted"] = True
         part = sorted(rows, key=lambda r: order[r["image"]])
@@ -341,7 +347,8 @@ def _run_cell(args, state: dict, ctx, device, cell):
     t0 = time.perf_counter()
     try:
         ev.evaluate_arrays(model, todo, proto, device=device, out_dir=out, save_images=args.save_images,
-                           compare=args.compare, progress=False, on_row=on_row, protect=cell["files"])
+                           compare=args.compare, progress=False, on_row=on_row, protect=cell["files"],
+                           self_ensemble=args.self_ensemble)
     except ev.EvalError as e:
         raise CLIError(str(e)) from e
     finally:
@@ -359,7 +366,7 @@ def _run_cell(args, state: dict, ctx, device, cell):
     res.meta.update({"model": name, "weights": args.weights, "dataset": cell["dataset"],
                      "dataset_dir": str(cell["folder"]), "device": str(device), "threads": torch.get_num_threads(),
                      "processes": ctx.world, "wall_time_s": round(wall, 1), "limit": args.limit,
-                     "resumed": sum(n for _, n in parts), "complete": True})
+                     "resumed": sum(n for _, n in parts), "complete": True, "self_ensemble": args.self_ensemble})
     print("-" * len(head))
     print(_fmt_row("average", {k: v for k, v in res.averages.items() if k != "time_s"}, y, width))
     csv_path, json_path = ev.write_results(res, out)
@@ -377,7 +384,8 @@ def _write_sweep(summary, root: Path) -> None:
 
     from .._atomic import write_text_atomic
 
-    cols = ["model", "weights", "dataset", "kernel", "sigma", "n", "psnr", "ssim", "psnr_y", "ssim_y", "out"]
+    cols = ["model", "weights", "dataset", "kernel", "sigma", "self_ensemble", "n", "psnr", "ssim", "psnr_y",
+            "ssim_y", "out"]
     buf = io.StringIO()
     wr = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     wr.writeheader()
@@ -386,7 +394,8 @@ def _write_sweep(summary, root: Path) -> None:
     write_text_atomic(buf.getvalue(), root / "sweep.csv")
     write_text_atomic(json.dumps({"cells": summary}, indent=2) + "\n", root / "sweep.json")
     y = any("psnr_y" in r for r in summary)
-    print(f"\nsweep: {len(summary)} cells")
+    print(f"\nsweep: {len(summary)} cells" + (", each the mean of 8 flipped/rotated passes (self-ensemble)"
+                                            if any(r.get("self_ensemble") for r in summary) else ""))
     print(f"{'model':<28} {'dataset':<10} {'kernel':<10} {'sigma':>6} {'n':>4} {'PSNR':>8} {'SSIM':>7}"
           + (f" {'PSNR-Y':>8}" if y else ""))
     for r in summary:
