@@ -133,6 +133,27 @@ def test_engine_unknown_noise_level_picks_the_blind_model_of_each_image(engine, 
         engine.restore([str(grey)], "Denoise", weights="Built-in", sigma=float("nan"))
 
 
+def test_engine_self_ensemble_averages_eight_passes(engine, tmp_path):
+    from conversenet.inference import run_model
+
+    src = tmp_path / "g.png"
+    write_image(src, _noisy(_clean_grey(48), sigma=25.0, seed=3))
+    net = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)  # a one-sided blur: no symmetry
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[[[0.0, 0.0, 0.0], [0.0, 0.2, 0.8], [0.0, 0.0, 0.0]]]]))
+    steps = []
+    one = engine.restore([str(src)], "Denoise", model_override=net).images[0]
+    eight = engine.restore([str(src)], "Denoise", model_override=net, self_ensemble=True,
+                           progress=lambda f, d: steps.append(d)).images[0]
+    a, b = (np.asarray(Image.open(r.path)).astype(np.int16) for r in (one, eight))
+    noisy = torch.from_numpy(np.asarray(Image.open(src), np.float32)[None, None] / 255)
+    want = np.round(run_model(net, noisy, tile=0, self_ensemble=True)[0, 0].clamp(0, 1).numpy() * 255)
+    assert np.abs(b - want).max() <= 1 and np.abs(a - b).max() > 20
+    assert any("step 8/8" in d for d in steps), steps
+    with pytest.raises(WebError, match="self-ensemble"):
+        engine.restore([str(src)], "Denoise", model_override=net, self_ensemble="yes")
+
+
 @pytest.mark.parametrize("name,arr", [
     ("rgba16.png", np.random.default_rng(0).integers(0, 65536, (40, 36, 4)).astype(np.uint16)),
     ("grey16.tif", np.random.default_rng(1).integers(0, 65536, (40, 36, 1)).astype(np.uint16)),

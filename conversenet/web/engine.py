@@ -253,7 +253,7 @@ class Engine:
                 model: Optional[str] = None, sigma: Optional[float] = None, kernel_sigma: float = 1.6,
                 kernel_file=None,
                 references: Sequence = (), progress: Optional[Callable[[float, str], None]] = None,
-                model_override=None) -> RestoreReport:
+                model_override=None, self_ensemble: bool = False) -> RestoreReport:
         """Restores each upload in ``files`` (paths) with the task labelled ``task`` (:data:`TASKS`).
 
         Args:
@@ -267,6 +267,7 @@ class Engine:
                 is its reference; a single reference goes with a single upload.
             progress: called with (fraction done, what) while images and tiles finish.
             model_override: an ``nn.Module`` used instead of loading weights (tests, API).
+            self_ensemble: average 8 flipped/rotated passes per image (8x the time).
 
         Raises:
             WebError: nothing to do, a bad option, no usable weights or kernel, or every
@@ -282,6 +283,8 @@ class Engine:
         if task not in TASKS:
             raise WebError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         tname, blind, ksrc = TASKS[task]
+        if not isinstance(self_ensemble, bool):
+            raise WebError(f"self-ensemble must be on or off, got {self_ensemble!r}")
         if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
             raise WebError(f"noise level must be a number >= 0 (or unknown), got {sigma!r}")
         kspec, kname = None, None
@@ -357,11 +360,12 @@ class Engine:
                 progress(i / n, f"{name} ({i + 1}/{n})")
             cb = None
             if progress is not None:
-                def cb(k, total, i=i, name=name):  # tiles of this image
-                    progress((i + k / total) / n, f"{name}: tile {k}/{total}")
+                def cb(k, total, i=i, name=name):  # tiles (times the ensemble's passes) of this image
+                    progress((i + k / total) / n, f"{name}: {'step' if self_ensemble else 'tile'} {k}/{total}")
             try:
                 with self._lock:
-                    out = R.restore_array(img, lm, kernel, tile=self.tile, max_memory=self.max_memory, progress=cb)
+                    out = R.restore_array(img, lm, kernel, tile=self.tile, max_memory=self.max_memory, progress=cb,
+                                          self_ensemble=self_ensemble)
             except (ValueError, RuntimeError) as e:  # e.g. out of memory: this image fails, the server goes on
                 errors.append(f"{name}: {e}")
                 continue
