@@ -10,7 +10,9 @@ import conversenet as C
 from pathlib import Path
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 SIGMAS = [float(s) for s in sys.argv[2:]] or [25.0]
-files = sorted(Path(os.environ.get("CONVERSENET_DATA", "../shared/data")) / "testsets" / "cbsd68".glob("*.png"))[:N]
+files = sorted((Path(os.environ.get("CONVERSENET_DATA", "../shared/data")) / "testsets" / "cbsd68").glob("*.png"))[:N]
+if not files:
+    sys.exit("no CBSD68 images under $CONVERSENET_DATA/testsets/cbsd68")
 def psnr(a, b): return 10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
 print("| noise sigma | saved as | input PSNR | blind colour model | blind grey model, channel by channel |")
 print("|---|---|---|---|---|")
