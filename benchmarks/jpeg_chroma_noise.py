@@ -2,18 +2,17 @@
 
 Blind colour model vs blind grey model channel by channel on noisy photos saved as JPEG
 (q95) with 4:2:0 and 4:4:4 chroma, and as PNG: the first N CBSD68 images (centre 256x256),
-Gaussian noise sigma in SIGMAS added before saving (numpy seed = image index)."""
-import io, os, sys
+Gaussian noise sigma in SIGMAS added before saving (numpy seed = image index). PSNR as
+`conversenet eval` measures it (conversenet.metrics.psnr, uint8, no border)."""
+import io, sys
 import numpy as np
 from PIL import Image
 import conversenet as C
-from pathlib import Path
+from conversenet.evaluate import list_images, resolve_dataset
+from conversenet.metrics import psnr
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 SIGMAS = [float(s) for s in sys.argv[2:]] or [25.0]
-files = sorted((Path(os.environ.get("CONVERSENET_DATA", "../shared/data")) / "testsets" / "cbsd68").glob("*.png"))[:N]
-if not files:
-    sys.exit("no CBSD68 images under $CONVERSENET_DATA/testsets/cbsd68")
-def psnr(a, b): return 10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
+files = list_images(resolve_dataset("cbsd68"))[:N]  # the data root of `conversenet eval`
 print("| noise sigma | saved as | input PSNR | blind colour model | blind grey model, channel by channel |")
 print("|---|---|---|---|---|")
 for sigma in SIGMAS:
@@ -21,7 +20,7 @@ for sigma in SIGMAS:
     for i, f in enumerate(files):
         g = np.asarray(Image.open(f).convert("RGB"))
         h, w = g.shape[:2]
-        g = g[(h - 256) // 2:(h - 256) // 2 + 256, (w - 256) // 2:(w - 256) // 2 + 256].astype(np.float64)
+        g = g[(h - 256) // 2:(h - 256) // 2 + 256, (w - 256) // 2:(w - 256) // 2 + 256]
         n = np.clip(np.round(g + np.random.default_rng(i).normal(0, sigma, g.shape)), 0, 255).astype(np.uint8)
         for sub in ("PNG", "JPEG q95 4:2:0", "JPEG q95 4:4:4"):
             if sub == "PNG":
@@ -33,7 +32,7 @@ for sigma in SIGMAS:
             row = [psnr(x, g)]
             for model in ("converse_unet_blind_color", "converse_unet_blind_gray"):
                 o = C.restore(x.astype(np.float32) / 255, task="denoise", model=model, weights="builtin")
-                row.append(psnr(np.round(np.clip(o, 0, 1) * 255), g))
+                row.append(psnr(np.round(np.clip(o, 0, 1) * 255).astype(np.uint8), g))
             res.setdefault(sub, []).append(row)
     for sub, r in res.items():
         a = np.array(r).mean(0)
