@@ -70,8 +70,13 @@ __all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "plot_c
 CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
 
 
-def build_model(cfg: Config) -> nn.Module:
+def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
     """Instantiate ``cfg.model`` from the model registry; errors name the key.
+
+    ``model.args.pretrained`` (``"builtin"``, ``"official"`` or a weights file, loaded
+    weights-only) starts a new run from those weights (fine-tuning); ``pretrained=False``
+    leaves it out: a resumed run takes its weights from the checkpoint, so the file need not
+    exist any more (a new machine).
 
     Only registered names are built (the package's models, and those registered with
     :func:`conversenet.models.register_model` by code the user runs, e.g.
@@ -82,6 +87,8 @@ def build_model(cfg: Config) -> nn.Module:
 
     name, args = cfg.model.name, dict(cfg.model.args)
     check_model_name(name)
+    if not pretrained:
+        args.pop("pretrained", None)
     try:
         model = create(name, **args)
     except (TypeError, ValueError) as e:
@@ -266,7 +273,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
 
-        self.model = build_model(cfg).to(self.device)
+        # a resumed run takes its weights from the checkpoint, not from model.args.pretrained
+        self.model = build_model(cfg, pretrained=self.resume_path is None).to(self.device)
         self.info = model_info(self.model)
         # the model contract of the trained network (a user's module: wrapped once, here)
         self.contract = as_restoration_model(self.model)
