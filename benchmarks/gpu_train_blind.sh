@@ -11,6 +11,8 @@
 #   3. the Table 4 protocol on the GPU with TF32 off: grey Set12 + BSD68, colour CBSD68,
 #      sigma 15 / 25 / 50 (OUT/sweep_{gray,color}.csv, per image in OUT/eval_{gray,color}.log). The shipped files change only
 #      after these numbers are checked again on a CPU (docs/TRAINING.md).
+# Without carried checkpoints each run fine-tunes the shipped weights instead
+# ("model.args={pretrained: builtin}", fresh Adam, iterations counted from 0).
 # Before the call, here: `benchmarks/gpu_train_blind.sh --prepare RUNS` writes the carried
 # checkpoints runs/gpu_carry/blind_{gray,color}.pth from RUNS/blind_{gray,color}/last.pth without
 # Adam's moments (14 MB instead of 29 MB each, so that both fit the 64 MiB a call carries; Adam
@@ -59,16 +61,23 @@ stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 pids=()
 for t in gray color; do
     ck="$CKPT_DIR/blind_$t.pth"
-    [ -f "$ck" ] || { echo "missing $ck (copy the CPU run's last.pth there)"; exit 2; }
-    start=$($PY -c "import torch, sys; print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['iteration']))" "$ck") \
-        || { echo "cannot read the iteration of $ck"; exit 2; }
+    if [ -f "$ck" ]; then
+        start=$($PY -c "import torch, sys; print(int(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['iteration']))" "$ck") \
+            || { echo "cannot read the iteration of $ck"; exit 2; }
+        from=(--resume "$ck")
+        stamp "$t: resume at $start, $ITERS iterations of batch $BATCH, lr $LR"
+    else
+        # no carried run (a new machine lost it): fine-tune the shipped weights, iterations from 0
+        start=0
+        from=("model.args={pretrained: builtin}")
+        stamp "$t: no $ck: fine-tune the built-in weights, $ITERS iterations of batch $BATCH, lr $LR"
+    fi
     end=$(( start + ITERS ))
-    stamp "$t: resume at $start, $ITERS iterations of batch $BATCH, lr $LR"
     timeout -s INT -k 60 "$TRAIN_S" $CN train "denoise/blind_$t" \
         device=$DEVICE threads=2 data.batch_size=$BATCH data.patch_size=$PATCH data.num_workers=$WORKERS \
         train.total_iter=$end train.lr=$LR "train.milestones=[$(( start + ITERS / 2 )),$(( start + ITERS * 3 / 4 ))]" \
         train.ema_decay=0.999 train.val_every=${VAL_EVERY:-$(( ITERS / 4 > 0 ? ITERS / 4 : 1 ))} train.checkpoint_every=500 \
-        train.log_every=100 --out "$RUN/$t" --quiet --resume "$ck" > "$RUN/train_$t.log" 2>&1 &
+        train.log_every=100 "${from[@]}" --out "$RUN/$t" --quiet > "$RUN/train_$t.log" 2>&1 &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; echo "train rc=$?"; done

@@ -94,3 +94,10 @@ def state(path: Path) -> Dict[str, torch.Tensor]:
 def max_diff(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def run_trainer(cfg_dict: Dict, out: Path, **kw) -> int:
+    """Train the config dict in this process, quietly, into ``out`` (``Trainer`` keywords in ``kw``)."""
+    from conversenet.train import Trainer, config_from_dict
+
+    return Trainer(config_from_dict(cfg_dict), out_dir=out, verbose=False, **kw).run()

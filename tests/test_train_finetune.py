@@ -8,29 +8,22 @@ import pytest
 import torch
 
 from conversenet.models import create
-from conversenet.train import ConfigError, Trainer, config_from_dict
+from conversenet.train import ConfigError, config_from_dict
 from conversenet.train.checkpoint import export_weights, load_checkpoint
 from conversenet.train.trainer import build_model
 
-from _train_helpers import max_diff, run_cli, tiny_config, write_config
+from _train_helpers import max_diff, run_cli, run_trainer, tiny_config, write_config
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def _run(cfg_dict, out, **kw):
-    return Trainer(config_from_dict(cfg_dict), out_dir=out, verbose=False, **kw).run()
+# the trainer sets its own thread count (threads: 1): restored after each test
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def trained(tmp_path):
     """A tiny run of 4 iterations and its raw weights exported as a plain file."""
     cfg = tiny_config(tmp_path, **{"train.total_iter": 4, "train.milestones": []})
-    assert _run(cfg, tmp_path / "first") == 0
+    assert run_trainer(cfg, tmp_path / "first") == 0
     weights = tmp_path / "first.pth"
     export_weights(tmp_path / "first" / "last.pth", weights, ema=False)
     return weights
@@ -41,7 +34,7 @@ def test_new_run_starts_from_the_weights_file(tmp_path, trained):
     # lr 1e-12: Adam's one step moves each weight by about 1e-12, so the model is still the start
     cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 1, "train.lr": 1e-12,
                                    "train.milestones": [], "train.ema_decay": 0.9})
-    assert _run(cfg, tmp_path / "ft") == 0
+    assert run_trainer(cfg, tmp_path / "ft") == 0
     ck = load_checkpoint(tmp_path / "ft" / "last.pth")
     assert ck["iteration"] == 1
     assert max_diff(ck["model"], start) <= 1e-9
@@ -49,18 +42,18 @@ def test_new_run_starts_from_the_weights_file(tmp_path, trained):
     assert ck["config"]["model"]["args"]["pretrained"] == str(trained)
     # without model.args.pretrained the same config starts from the seeded random weights instead
     cfg0 = tiny_config(tmp_path, **{"train.total_iter": 1, "train.lr": 1e-12, "train.milestones": []})
-    assert _run(cfg0, tmp_path / "scratch") == 0
+    assert run_trainer(cfg0, tmp_path / "scratch") == 0
     assert max_diff(load_checkpoint(tmp_path / "scratch" / "last.pth")["model"], start) > 1e-3
 
 
 def test_resumed_run_takes_the_checkpoint_not_the_pretrained_file(tmp_path, trained):
     cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 2, "train.milestones": []})
-    assert _run(cfg, tmp_path / "ft") == 0
+    assert run_trainer(cfg, tmp_path / "ft") == 0
     at2 = load_checkpoint(tmp_path / "ft" / "last.pth")["model"]
     # the pretrained file is gone (a new machine): resuming must not need it
     trained.unlink()
     cfg4 = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 4, "train.milestones": []})
-    assert _run(cfg4, tmp_path / "ft", resume=True) == 0
+    assert run_trainer(cfg4, tmp_path / "ft", resume=True) == 0
     ck = load_checkpoint(tmp_path / "ft" / "last.pth")
     assert ck["iteration"] == 4 and max_diff(ck["model"], at2) > 0.0
 
@@ -77,14 +70,14 @@ def test_bad_pretrained_is_refused_naming_the_key(tmp_path, value, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": value}})
     with pytest.raises(ConfigError, match=r"^model\.args: .*(not found: missing\.pth|got 7)"):
-        _run(cfg, tmp_path / "r")
+        run_trainer(cfg, tmp_path / "r")
     assert not (tmp_path / "r" / "last.pth").exists()
 
 
 def test_weights_of_another_model_are_refused_before_training(tmp_path, trained):
     cfg = tiny_config(tmp_path, **{"model.args": {"width": 6, "num_blocks": 1, "pretrained": str(trained)}})
     with pytest.raises(ConfigError, match="model.args"):
-        _run(cfg, tmp_path / "r")
+        run_trainer(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()
     # the CLI says it in one line, exit status 2
     res = run_cli([str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "r2")])

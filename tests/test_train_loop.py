@@ -18,18 +18,11 @@ import torch
 from conversenet.train import Trainer, config_from_dict
 from conversenet.train.checkpoint import load_checkpoint
 
-from _train_helpers import cli_env, max_diff, run_cli, state, tiny_config, write_config
+from _train_helpers import cli_env, max_diff, run_cli, run_trainer, state, tiny_config, write_config
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def _run(cfg_dict, out, **kw):
-    return Trainer(config_from_dict(cfg_dict), out_dir=out, verbose=False, **kw).run()
+# the trainer sets its own thread count (threads: 1): restored after each test
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(path: Path):
@@ -41,7 +34,7 @@ def test_loss_decreases_and_validation_psnr_rises(tmp_path):
     cfg = tiny_config(tmp_path, **{"model.args": {"width": 8, "num_blocks": 1}, "train.lr": 2e-3,
                                    "train.milestones": [], "train.total_iter": 150, "train.val_every": 25,
                                    "train.log_every": 25, "train.checkpoint_every": 50})
-    assert _run(cfg, tmp_path / "run") == 0
+    assert run_trainer(cfg, tmp_path / "run") == 0
     rows = _rows(tmp_path / "run" / "metrics.csv")
     loss = [float(r["loss"]) for r in rows if r["loss"]]
     psnr = [float(r["psnr"]) for r in rows if r["psnr"]]
@@ -57,11 +50,11 @@ def test_resume_in_process_is_exact_with_ema_and_scheduler(tmp_path):
     over = {"train.total_iter": 8, "train.milestones": [3, 6], "train.ema_decay": 0.9,
             "train.checkpoint_every": 4, "train.val_every": 4}
     full = tiny_config(tmp_path, **over)
-    assert _run(full, tmp_path / "a") == 0
+    assert run_trainer(full, tmp_path / "a") == 0
     half = tiny_config(tmp_path, **{**over, "train.total_iter": 4})
-    assert _run(half, tmp_path / "b") == 0
+    assert run_trainer(half, tmp_path / "b") == 0
     assert load_checkpoint(tmp_path / "b" / "last.pth")["iteration"] == 4
-    assert _run(full, tmp_path / "b", resume=True) == 0
+    assert run_trainer(full, tmp_path / "b", resume=True) == 0
     a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
     assert a["iteration"] == b["iteration"] == 8
     assert max_diff(a["model"], b["model"]) <= 1e-6
@@ -76,7 +69,7 @@ def test_resume_in_process_is_exact_with_ema_and_scheduler(tmp_path):
 def test_resume_follows_an_edited_schedule_and_says_so(tmp_path, capsys):
     # the checkpoint's scheduler state holds its own milestones; an edited config must win
     first = tiny_config(tmp_path, **{"train.total_iter": 4, "train.milestones": [100]})
-    assert _run(first, tmp_path / "r") == 0
+    assert run_trainer(first, tmp_path / "r") == 0
     edited = tiny_config(tmp_path, **{"train.total_iter": 8, "train.milestones": [2, 6], "train.gamma": 0.1})
     Trainer(config_from_dict(edited), out_dir=tmp_path / "r", resume=True).run()
     err = capsys.readouterr()
@@ -97,8 +90,8 @@ def test_resume_follows_an_edited_schedule_and_says_so(tmp_path, capsys):
 def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(tmp_path, capsys):
     # reference: the same run without EMA, its weights kept at every iteration
     base = {"train.milestones": [], "train.snapshot_every": 1}
-    assert _run(tiny_config(tmp_path, **{**base, "train.total_iter": 6}), tmp_path / "ref") == 0
-    assert _run(tiny_config(tmp_path, **{**base, "train.total_iter": 4}), tmp_path / "r") == 0
+    assert run_trainer(tiny_config(tmp_path, **{**base, "train.total_iter": 6}), tmp_path / "ref") == 0
+    assert run_trainer(tiny_config(tmp_path, **{**base, "train.total_iter": 4}), tmp_path / "r") == 0
     on = tiny_config(tmp_path, **{**base, "train.total_iter": 6, "train.ema_decay": 0.5})
     Trainer(config_from_dict(on), out_dir=tmp_path / "r", resume=True).run()
     assert "EMA (decay 0.5) starts at iteration 4" in "".join(capsys.readouterr())
@@ -118,18 +111,18 @@ def test_ema_switched_on_at_resume_averages_from_the_resumed_weights(tmp_path, c
 
 def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, **{"train.total_iter": 2})
-    assert _run(cfg, tmp_path / "r") == 0
+    assert run_trainer(cfg, tmp_path / "r") == 0
     with pytest.raises(FileExistsError, match="--resume"):
-        _run(cfg, tmp_path / "r")
-    assert _run(cfg, tmp_path / "r", overwrite=True) == 0
+        run_trainer(cfg, tmp_path / "r")
+    assert run_trainer(cfg, tmp_path / "r", overwrite=True) == 0
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        _run(cfg, tmp_path / "empty", resume=True)
+        run_trainer(cfg, tmp_path / "empty", resume=True)
 
 
 def test_plot_and_missing_matplotlib_notice(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     cfg = tiny_config(tmp_path, **{"train.total_iter": 4, "log.plot": True})
-    assert _run(cfg, tmp_path / "p") == 0
+    assert run_trainer(cfg, tmp_path / "p") == 0
     png = (tmp_path / "p" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
@@ -193,7 +186,7 @@ def _kill_and_resume(tmp_path: Path, sig: int):
     assert not any(n.endswith(".tmp") for n in (p.name for p in out.iterdir()))  # stale temps removed
 
     ref = tmp_path / "reference"  # the same run without interruption (in this process, also 1 thread)
-    assert _run(cfg, ref) == 0
+    assert run_trainer(cfg, ref) == 0
     assert max_diff(state(ref / "last.pth"), state(out / "last.pth")) <= 1e-6
     assert load_checkpoint(ref / "last.pth")["optimizer"]["state"][0]["step"] == \
         load_checkpoint(out / "last.pth")["optimizer"]["state"][0]["step"]

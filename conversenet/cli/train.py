@@ -15,6 +15,9 @@ model of your own, register it (``conversenet.models.register_model``) in a modu
 pass ``--import MODULE``: that module is imported, i.e. its code runs, before the config
 is read. Checkpoints are loaded with ``torch.load(weights_only=True)`` only.
 
+Fine-tuning: ``"model.args={pretrained: builtin}"`` (or ``official``, or a weights file)
+starts a new run from those weights; ``--resume`` then reads its checkpoint, not that file.
+
 Also under torchrun: ``torchrun --nproc_per_node=2 -m conversenet train CONFIG.yaml``.
 Exit status: 0 finished, 130 / 143 stopped by SIGINT / SIGTERM after saving ``last.pth``, 2 on
 a configuration or input error, 1 when a file cannot be written (full disk, read-only folder;
