@@ -32,7 +32,7 @@ def trained(tmp_path):
 def test_new_run_starts_from_the_weights_file(tmp_path, trained):
     start = torch.load(trained, weights_only=True)
     # lr 1e-12: Adam's one step moves each weight by about 1e-12, so the model is still the start
-    cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 1, "train.lr": 1e-12,
+    cfg = tiny_config(tmp_path, **{"model.args.pretrained": str(trained), "train.total_iter": 1, "train.lr": 1e-12,
                                    "train.milestones": [], "train.ema_decay": 0.9})
     assert run_trainer(cfg, tmp_path / "ft") == 0
     ck = load_checkpoint(tmp_path / "ft" / "last.pth")
@@ -47,12 +47,14 @@ def test_new_run_starts_from_the_weights_file(tmp_path, trained):
 
 
 def test_resumed_run_takes_the_checkpoint_not_the_pretrained_file(tmp_path, trained):
-    cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 2, "train.milestones": []})
+    cfg = tiny_config(tmp_path, **{"model.args.pretrained": str(trained), "train.total_iter": 2,
+                                   "train.milestones": []})
     assert run_trainer(cfg, tmp_path / "ft") == 0
     at2 = load_checkpoint(tmp_path / "ft" / "last.pth")["model"]
     # the pretrained file is gone (a new machine): resuming must not need it
     trained.unlink()
-    cfg4 = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": str(trained)}, "train.total_iter": 4, "train.milestones": []})
+    cfg4 = tiny_config(tmp_path, **{"model.args.pretrained": str(trained), "train.total_iter": 4,
+                                    "train.milestones": []})
     assert run_trainer(cfg4, tmp_path / "ft", resume=True) == 0
     ck = load_checkpoint(tmp_path / "ft" / "last.pth")
     assert ck["iteration"] == 4 and max_diff(ck["model"], at2) > 0.0
@@ -68,7 +70,7 @@ def test_builtin_pretrained_is_the_packaged_weight_set():
 @pytest.mark.parametrize("value", ["missing.pth", 7])
 def test_bad_pretrained_is_refused_naming_the_key(tmp_path, value, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = tiny_config(tmp_path, **{"model.args": {"width": 4, "num_blocks": 1, "pretrained": value}})
+    cfg = tiny_config(tmp_path, **{"model.args.pretrained": value})
     with pytest.raises(ConfigError, match=r"^model\.args: .*(not found: missing\.pth|got 7)"):
         run_trainer(cfg, tmp_path / "r")
     assert not (tmp_path / "r" / "last.pth").exists()
