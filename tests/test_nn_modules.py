@@ -217,6 +217,37 @@ def test_layernorm2d_normalises_over_channels_only():
     torch.testing.assert_close(ln(x2)[..., 1:, :], out[..., 1:, :])
 
 
+def test_layernorm2d_float64_gradcheck_and_layout():
+    # analytic gradients (torch's fused layer_norm backward) against finite differences, for
+    # the input and both parameters; the output is contiguous NCHW whatever the input's layout
+    torch.manual_seed(11)
+    ln = LayerNorm2d(3, eps=1e-3).double()
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(3, dtype=torch.float64))
+        ln.bias.copy_(torch.randn(3, dtype=torch.float64))
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, w, b: torch.nn.functional.layer_norm(
+        t.permute(0, 2, 3, 1), (3,), w, b, 1e-3).permute(0, 3, 1, 2), (x, ln.weight, ln.bias))
+    assert torch.autograd.gradcheck(ln, (x,))
+    x_cl = x.detach().to(memory_format=torch.channels_last)
+    out = ln(x_cl)
+    assert out.is_contiguous()
+    ref = layernorm2d(x.detach().numpy(), ln.weight.detach().numpy(), ln.bias.detach().numpy(), 1e-3)
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layernorm2d_half_input_normalised_in_float32(dtype):
+    torch.manual_seed(12)
+    ln = LayerNorm2d(6)
+    x = (4 * torch.randn(2, 6, 5, 5) + 2).to(dtype)
+    out = ln(x)
+    assert out.dtype == dtype
+    ref = layernorm2d(x.float().numpy(), ln.weight.detach().numpy(), ln.bias.detach().numpy(), 1e-5)
+    # one rounding to the half type of a float32 result
+    np.testing.assert_allclose(out.detach().float().numpy(), ref, rtol=0, atol=2e-2 if dtype == torch.bfloat16 else 4e-3)
+
+
 # --------------------------------------------------------------------------------------
 # ConverseBlock
 # --------------------------------------------------------------------------------------
