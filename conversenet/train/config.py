@@ -95,7 +95,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     milestones: List[int] = field(default_factory=lambda: [100_000 * i for i in range(1, 8)])
     gamma: float = 0.5
-    loss: str = "l1"             # l1 | l2 | charbonnier
+    loss: str = "l1"             # l1 | l2 | charbonnier | psnr (mean per-sample log MSE)
     grad_clip: float = 0.0       # 0: off; else max global L2 norm
     ema_decay: float = 0.0       # 0: off; e.g. 0.999
     val_every: int = 5000
@@ -137,7 +137,7 @@ class Config:
 
 _CHOICES = {
     "device": None,
-    "train.loss": ("l1", "l2", "charbonnier"),
+    "train.loss": ("l1", "l2", "charbonnier", "psnr"),
 }
 
 
