@@ -84,6 +84,9 @@ def test_unknown_key_is_named():
     ({"train": {"loss": "l3"}}, "train.loss: expected one of"),
     ({"train": {"lr": -1.0}}, "train.lr: expected a positive number"),
     ({"degradation": {"sigma_range": [50, 0]}}, "degradation.sigma_range"),
+    ({"degradation": {"sigma_focus": [5, 20]}}, "degradation.sigma_focus: needs degradation.sigma_range"),
+    ({"degradation": {"sigma_range": [0, 55], "sigma_focus": [5, 60]}}, "degradation.sigma_focus: expected"),
+    ({"degradation": {"sigma_focus_prob": 1.5}}, "degradation.sigma_focus_prob"),
     ({"degradation": {"kernel_types": ["box"]}}, "degradation.kernel_types[0]"),
 ])
 def test_wrong_types_and_values_are_named(raw, msg):

@@ -67,6 +67,34 @@ def test_sigma_range_draws_per_patch(tmp_path):
     assert all(abs(float((ds[i]["lq"] - ds[i]["gt"]).std()) * 255 - sig[i]) < 0.35 * sig[i] + 1 for i in range(10))
 
 
+def test_sigma_focus_is_a_mixture_of_two_uniforms(tmp_path):
+    folder = make_images(tmp_path / "imgs", n=2, size=(20, 20))
+    n = 800
+    only = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0], sigma_focus=[10.0, 20.0],
+                                                             sigma_focus_prob=1.0), 1, 8, seed=0)
+    assert all(10.0 <= float(only[i]["sigma"]) <= 20.0 for i in range(50))
+    never = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0], sigma_focus=[10.0, 20.0],
+                                                              sigma_focus_prob=0.0), 1, 8, seed=0)
+    assert any(not 10.0 <= float(never[i]["sigma"]) <= 20.0 for i in range(50))
+    half = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0], sigma_focus=[10.0, 20.0],
+                                                             sigma_focus_prob=0.5), 1, 8, seed=0)
+    sig = np.array([float(half[i]["sigma"]) for i in range(n)])
+    assert sig.min() >= 0.0 and sig.max() <= 50.0
+    # P(sigma in [10, 20]) = 0.5 + 0.5 * 10/50 = 0.6; 800 draws: standard error ~0.017
+    assert abs(np.mean((sig >= 10) & (sig <= 20)) - 0.6) < 0.07
+    # above 20 only the wide uniform: P = 0.5 * 30/50 = 0.3
+    assert abs(np.mean(sig > 20) - 0.3) < 0.07
+
+
+def test_sigma_draws_without_focus_are_unchanged_by_the_option(tmp_path):
+    # runs started before sigma_focus existed resume with the same patches
+    folder = make_images(tmp_path / "imgs", n=2, size=(20, 20))
+    a = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0]), 1, 8, seed=3)
+    b = TrainPatches(folder, "denoise", DegradationConfig(sigma_range=[0.0, 50.0], sigma_focus_prob=0.9), 1, 8, seed=3)
+    for i in range(5):
+        torch.testing.assert_close(a[i]["lq"], b[i]["lq"], rtol=0, atol=0)
+
+
 def test_sr_patches_are_bicubic_downscaled(tmp_path):
     from conversenet.data.imresize import imresize
 

@@ -65,6 +65,8 @@ class DegradationConfig:
     """How degraded inputs are synthesised on the fly (units of noise: 0-255)."""
     sigma: float = 25.0                         # denoising noise level (also used for validation)
     sigma_range: Optional[List[float]] = None   # [lo, hi]: blind training, sigma ~ U(lo, hi) per patch
+    sigma_focus: Optional[List[float]] = None   # [lo, hi] inside sigma_range: drawn from more often ...
+    sigma_focus_prob: float = 0.5               # ... with this probability per patch (else from sigma_range)
     scale: int = 4                              # SR factor (bicubic, MATLAB imresize)
     kernel_size: int = 7                        # deblurring: size of the random kernels
     kernel_types: List[str] = field(default_factory=lambda: ["gaussian", "motion"])
@@ -420,6 +422,14 @@ def _semantic_checks(cfg: Config) -> None:
     pos("degradation.noise", g.noise, allow_zero=True)
     if g.sigma_range is not None and (len(g.sigma_range) != 2 or not 0 <= g.sigma_range[0] <= g.sigma_range[1]):
         raise ConfigError(f"degradation.sigma_range: expected [lo, hi] with 0 <= lo <= hi, got {g.sigma_range}")
+    if g.sigma_focus is not None:
+        if g.sigma_range is None:
+            raise ConfigError("degradation.sigma_focus: needs degradation.sigma_range (blind training)")
+        if len(g.sigma_focus) != 2 or not g.sigma_range[0] <= g.sigma_focus[0] <= g.sigma_focus[1] <= g.sigma_range[1]:
+            raise ConfigError(f"degradation.sigma_focus: expected [lo, hi] inside sigma_range {g.sigma_range}, "
+                              f"got {g.sigma_focus}")
+    if not 0 <= g.sigma_focus_prob <= 1:
+        raise ConfigError(f"degradation.sigma_focus_prob: expected a probability in [0, 1], got {g.sigma_focus_prob}")
     for i, kt in enumerate(g.kernel_types):
         if kt not in ("gaussian", "motion"):
             raise ConfigError(f"degradation.kernel_types[{i}]: expected gaussian or motion, got {kt!r}")

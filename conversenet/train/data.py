@@ -91,10 +91,18 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
 
 def _degrade_denoise(d, gt: torch.Tensor, g: torch.Generator, train: bool,
                     kernel: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """AWGN of ``d.sigma`` (training: uniform in ``d.sigma_range`` when given)."""
+    """AWGN of ``d.sigma`` (training: uniform in ``d.sigma_range`` when given).
+
+    With ``d.sigma_focus`` a patch's level is drawn from that sub-range with probability
+    ``d.sigma_focus_prob`` instead: a mixture that weights some noise levels more while the
+    network still sees the whole blind range.
+    """
     sigma = d.sigma
     if train and d.sigma_range is not None:
-        sigma = _uniform(g, *d.sigma_range)
+        lo, hi = d.sigma_range
+        if d.sigma_focus is not None and float(torch.rand((), generator=g, dtype=torch.float64)) < d.sigma_focus_prob:
+            lo, hi = d.sigma_focus
+        sigma = _uniform(g, lo, hi)
     lq = _ops.add_noise(gt, sigma, g)
     return {"lq": lq, "gt": gt, "sigma": torch.tensor(sigma, dtype=torch.float32)}
 
