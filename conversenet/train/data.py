@@ -100,7 +100,7 @@ def _degrade_denoise(d, gt: torch.Tensor, g: torch.Generator, train: bool,
     sigma = d.sigma
     if train and d.sigma_range is not None:
         lo, hi = d.sigma_range
-        if d.sigma_focus is not None and float(torch.rand((), generator=g, dtype=torch.float64)) < d.sigma_focus_prob:
+        if d.sigma_focus is not None and _uniform(g, 0.0, 1.0) < d.sigma_focus_prob:
             lo, hi = d.sigma_focus
         sigma = _uniform(g, lo, hi)
     lq = _ops.add_noise(gt, sigma, g)
