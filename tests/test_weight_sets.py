@@ -135,6 +135,19 @@ def test_info_lists_every_weight_set_and_where_it_is(tmp_path):
     assert "found: " in out and "dncnn.pth (package)" in out
 
 
+
+def test_info_score_text_keeps_a_recorded_third_decimal():
+    from conversenet.cli.info import _score_text
+    assert _score_text("psnr", 32.368) == "32.368"  # 32.37 would read as BM3D's bar, which it misses
+    assert _score_text("psnr", 32.46) == "32.46"
+    assert _score_text("psnr", 30.0) == "30.00"
+    assert _score_text("ssim", 0.89706) == "0.8971"
+    for ws in W.list_weights():  # every record prints with 2 or 3 decimals, never a float's noise
+        for sc in ws.scores:
+            for k, v in sc.metrics.items():
+                text = _score_text(k, v)
+                assert abs(float(text) - v) < 5e-4 and len(text.split(".")[1]) in (2, 3, 4), (ws.name, k, v)
+
 @pytest.fixture
 def without_shipped_blind():
     """The shipped blind-denoiser records removed for a test and put back after it (set up

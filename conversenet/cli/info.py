@@ -44,5 +44,12 @@ def _print_weights() -> None:
         if card is not None:
             print(f"    model card: {card}" + ("" if card.is_file() else " (missing)"))
         for sc in ws.scores:
-            got = ", ".join(f"{k} {v:.4f}" if "ssim" in k else f"{k} {v:.2f}" for k, v in sc.metrics.items())
+            got = ", ".join(f"{k} {_score_text(k, v)}" for k, v in sc.metrics.items())
             print(f"    {sc.dataset}: {got}  ({sc.command})")
+
+
+def _score_text(metric: str, value: float) -> str:
+    """SSIM with 4 decimals, dB with 2, or 3 where a record keeps a third (so that 32.368 is not shown as 32.37)."""
+    if "ssim" in metric:
+        return f"{value:.4f}"
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:.3f}"
