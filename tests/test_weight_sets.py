@@ -135,7 +135,6 @@ def test_info_lists_every_weight_set_and_where_it_is(tmp_path):
     assert "found: " in out and "dncnn.pth (package)" in out
 
 
-
 def test_info_score_text_keeps_a_recorded_third_decimal():
     from conversenet.cli.info import _score_text
     assert _score_text("psnr", 32.368) == "32.368"  # 32.37 would read as BM3D's bar, which it misses
@@ -147,6 +146,7 @@ def test_info_score_text_keeps_a_recorded_third_decimal():
             for k, v in sc.metrics.items():
                 text = _score_text(k, v)
                 assert abs(float(text) - v) < 5e-4 and len(text.split(".")[1]) in (2, 3, 4), (ws.name, k, v)
+
 
 @pytest.fixture
 def without_shipped_blind():
