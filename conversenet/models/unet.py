@@ -137,12 +137,12 @@ def _blind_scores(name: str, rows) -> tuple:
 
 #: (dataset, sigma, PSNR dB, SSIM) measured on the shipped files (docs/TRAINING.md)
 BLIND_GRAY_SCORES = (
-    ("set12", 15, 32.368, 0.8971),  # three decimals: rounded to two it would read as the bar (32.37)
-    ("set12", 25, 30.01, 0.8551),
-    ("set12", 50, 26.78, 0.7694),
-    ("bsd68", 15, 31.45, 0.8857),
-    ("bsd68", 25, 29.01, 0.8226),
-    ("bsd68", 50, 26.05, 0.7095),
+    ("set12", 15, 32.39, 0.8974),
+    ("set12", 25, 30.03, 0.8553),
+    ("set12", 50, 26.78, 0.7690),
+    ("bsd68", 15, 31.47, 0.8860),
+    ("bsd68", 25, 29.01, 0.8221),
+    ("bsd68", 50, 26.04, 0.7088),
 )
 BLIND_COLOR_SCORES = (
     ("cbsd68", 15, 33.54, 0.9252),
@@ -165,8 +165,8 @@ def _blind_record(colour: str, channels: int, sha256: str, data: str, iterations
 
 
 CONVERSE_UNET_BLIND_GRAY = _blind_record(
-    "gray", 1, "067501e9360f1f2d1c2683c86327388bf29c1baf3762298183dc41709390bc6f",
-    "trainsets/train400 grey patches", "22,330 + 6,043 + 6,000 + 8,000 + 6,000 + 2,000 + 8,000", BLIND_GRAY_SCORES)
+    "gray", 1, "9f7d1e0d04734a57ecb2688e24271648f4106ef5220fd0b4f1f3bbdf6073fb77",
+    "trainsets/train400 grey patches", "22,330 + 6,043 + 6,000 + 8,000 + 6,000 + 2,000 + 8,000 + 8,000", BLIND_GRAY_SCORES)
 CONVERSE_UNET_BLIND_COLOR = _blind_record(
     "color", 3, "85b39cf9a3c5184271db764397caeb12cbc4028e4d487bc0120afd497c9fbb23",
     "trainsets/bsds400_color colour patches", "22,365 + 8,000 + 6,000", BLIND_COLOR_SCORES)
