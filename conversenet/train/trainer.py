@@ -154,7 +154,8 @@ def _loss_fn(name: str):
 # --------------------------------------------------------------------------- trainer
 
 def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "",
-                loss_label: str = "training loss", val_label: str = "validation") -> bool:
+                loss_label: str = "training loss", val_label: str = "validation",
+                _keep_figure: Optional[list] = None) -> bool:
     """Draws a run's ``metrics.csv`` (training loss and validation PSNR against the
     iteration) into the PNG ``out`` (written atomically). Returns False when matplotlib is
     not installed (nothing written).
@@ -182,7 +183,12 @@ def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "
     axes[1].set(xlabel="iteration", ylabel="validation PSNR (dB)", title=val_label)
     for a in axes:
         a.grid(alpha=0.3)
+    # late fine-tuning moves the PSNR by thousandths of a dB: without this matplotlib labels
+    # the axis "+2.926e1" and 0.003, 0.004 ..., which nobody reads as dB
+    axes[1].ticklabel_format(axis="y", useOffset=False, style="plain")
     fig.tight_layout()
+    if _keep_figure is not None:
+        _keep_figure.append(fig)
     try:
         with atomic_open(out, "wb") as f:
             fig.savefig(f, format="png", dpi=110)
