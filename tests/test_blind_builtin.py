@@ -58,6 +58,17 @@ def test_shipped_file_is_small_safetensors_with_record_and_card(channels):
         assert f"## {must}" in text, must
 
 
+def test_readme_quotes_the_recorded_blind_scores():
+    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    readme = " ".join(readme.split())  # the line wraps of the bullet do not matter
+    for name, datasets in (("converse_unet_blind_gray", ("set12", "bsd68")),
+                           ("converse_unet_blind_color", ("cbsd68",))):
+        rec = {s.dataset: s.metrics["psnr"] for s in get_weights(name).scores}  # "set12 sigma=15": dB
+        for ds in datasets:
+            quoted = " / ".join(f"{rec[f'{ds} sigma={sig}']:.2f}" for sig in (15, 25, 50))
+            assert quoted in readme, (name, ds, quoted)
+
+
 def test_loading_the_shipped_weights_never_unpickles(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("torch.load called for a safetensors file")
