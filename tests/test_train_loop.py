@@ -222,16 +222,19 @@ def test_global_batch_must_split_evenly_across_processes(tmp_path, monkeypatch):
 
 def test_curves_label_a_thousandths_of_a_db_psnr_axis_in_db(tmp_path):
     pytest.importorskip("matplotlib")
-    from conversenet.train.trainer import plot_curves
+    import matplotlib.pyplot as plt
+    from conversenet.train.trainer import curves_figure, plot_curves
     rows = ["iter,lr,loss,psnr,it_per_s,elapsed_s"]
     rows += [f"{i * 50},1e-4,{-31 + 0.01 * i},,1.0,{i}" for i in range(1, 41)]
     rows += [f"{k * 1000},,,{29.2629 + 0.0006 * k},,{k}" for k in range(1, 9)]
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
-    figs = []
-    assert plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png", "x", _keep_figure=figs)
+    assert plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png", "x")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ax = figs[0].axes[1]
-    figs[0].canvas.draw()
-    assert ax.yaxis.get_offset_text().get_text() == ""  # no "+2.926e1" above the axis
+    fig = curves_figure(tmp_path / "metrics.csv", "x")  # the figure plot_curves saves
+    fig.canvas.draw()
+    ax = fig.axes[1]
+    offset = ax.yaxis.get_offset_text().get_text()
     labels = [t.get_text().replace("\u2212", "-") for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert offset == ""  # no "+2.926e1" above the axis
     assert labels and all(float(t) > 29 for t in labels), labels  # each tick reads as dB

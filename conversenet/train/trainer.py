@@ -65,7 +65,7 @@ from .config import Config, ConfigError, check_model_name, config_to_dict
 from .data import (IterationBatchSampler, TrainPatches, ValImages, collate, resolve_folder,
                    worker_init)
 
-__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "plot_curves"]
+__all__ = ["Trainer", "train", "build_model", "check_model_name", "EMA", "curves_figure", "plot_curves"]
 
 CSV_FIELDS = ["iter", "lr", "loss", "psnr", "it_per_s", "elapsed_s"]
 
@@ -153,23 +153,15 @@ def _loss_fn(name: str):
 
 # --------------------------------------------------------------------------- trainer
 
-def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "",
-                loss_label: str = "training loss", val_label: str = "validation",
-                _keep_figure: Optional[list] = None) -> bool:
-    """Draws a run's ``metrics.csv`` (training loss and validation PSNR against the
-    iteration) into the PNG ``out`` (written atomically). Returns False when matplotlib is
-    not installed (nothing written).
+def curves_figure(metrics: Union[str, Path], title: str = "", loss_label: str = "training loss",
+                  val_label: str = "validation"):
+    """A matplotlib figure of a run's ``metrics.csv``: training loss (left) and validation
+    PSNR in dB (right) against the iteration. Raises ImportError without matplotlib; the
+    caller closes the figure (``matplotlib.pyplot.close(fig)``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    The trainer calls it at the end of a run; for a run stopped early::
-
-        plot_curves("runs/x/metrics.csv", "runs/x/curves.png", "x")
-    """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     with open(metrics, newline="") as f:
         rows = list(csv.DictReader(f))
     lo = [(int(r["iter"]), float(r["loss"])) for r in rows if r["loss"]]
@@ -187,8 +179,24 @@ def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "
     # the axis "+2.926e1" and 0.003, 0.004 ..., which nobody reads as dB
     axes[1].ticklabel_format(axis="y", useOffset=False, style="plain")
     fig.tight_layout()
-    if _keep_figure is not None:
-        _keep_figure.append(fig)
+    return fig
+
+
+def plot_curves(metrics: Union[str, Path], out: Union[str, Path], title: str = "",
+                loss_label: str = "training loss", val_label: str = "validation") -> bool:
+    """Draws a run's ``metrics.csv`` (:func:`curves_figure`) into the PNG ``out`` (written
+    atomically). Returns False when matplotlib is not installed (nothing written).
+
+    The trainer calls it at the end of a run; for a run stopped early::
+
+        plot_curves("runs/x/metrics.csv", "runs/x/curves.png", "x")
+    """
+    try:
+        fig = curves_figure(metrics, title, loss_label, val_label)
+    except ImportError:
+        return False
+    import matplotlib.pyplot as plt
+
     try:
         with atomic_open(out, "wb") as f:
             fig.savefig(f, format="png", dpi=110)
