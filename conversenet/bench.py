@@ -89,12 +89,14 @@ class OperatorSwap(nn.Module):
     parameters (shared, not copied): ``"baseline"`` (:func:`baseline_converse2d`, the paper's
     Algorithm 1) or ``"floor"`` (only the FFT work any exact implementation must do: pad,
     ``rfft2`` and ``irfft2`` at the padded output size, crop; for s > 1 the padded input is
-    first enlarged by nearest interpolation; its output is not the operator's).
+    first enlarged by nearest interpolation; its output is not the operator's) or ``"free"``
+    (no operator work at all: the identity, nearest upsampling for s > 1; a network with it
+    is the most that any operator speed-up can give, since the rest of the network stays).
 
     Shape: as the layer, (N, C, H, W) -> (N, C, H*s, W*s).
     """
 
-    OPERATORS = ("baseline", "floor")
+    OPERATORS = ("baseline", "floor", "free")
 
     def __init__(self, layer: nn.Module, operator: str) -> None:
         super().__init__()
@@ -109,6 +111,8 @@ class OperatorSwap(nn.Module):
         if self.operator == "baseline":
             weight = m.weight if kernel is None else kernel
             return baseline_converse2d(x, weight, m.lam, s, p, m.padding_mode, m.x0)
+        if self.operator == "free":
+            return F.interpolate(x, scale_factor=s, mode="nearest") if s > 1 else x
         xp = F.pad(x, (p,) * 4, mode=m.padding_mode) if p else x
         if s > 1:
             xp = F.interpolate(xp, scale_factor=s, mode="nearest")
@@ -284,7 +288,7 @@ class Result:
 
     case: str
     impl: str
-    kind: str  # "baseline" | "ours" | "floor" | "conv"
+    kind: str  # "baseline" | "ours" | "floor" | "conv" | "bound" (free operator)
     times_s: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
     median_s: float = float("nan")
@@ -500,6 +504,7 @@ def _model_eval_case(name, shape, dtype, device) -> List[_Impl]:
         _Impl(f"{name}, converse2d", "ours", make()),
         _Impl(f"{name}, converse2d fft_size='fast' (opt-in)", "ours", make_fast),
         _Impl(f"{name}, floor: Converse2d = pad+rfft2+irfft2+crop", "floor", make("floor")),
+        _Impl(f"{name}, bound: Converse2d = identity (free operator)", "bound", make("free")),
     ]
 
 
@@ -508,11 +513,11 @@ def _model_train_case(name, shape, dtype, device) -> List[_Impl]:
     clean = torch.rand(shape, generator=g, dtype=dtype).to(device)
     noisy = clean + 0.1 * torch.randn(shape, generator=g, dtype=dtype).to(device)
 
-    def make(baseline):
+    def make(operator=None):
         def build():
             m = _create_model(name, dtype, device).train()
             opt = torch.optim.Adam(m.parameters(), lr=1e-4)
-            net = with_operator(m, "baseline") if baseline else m  # same parameters
+            net = with_operator(m, operator) if operator else m  # same parameters
 
             def f():
                 opt.zero_grad(set_to_none=True)
@@ -523,8 +528,9 @@ def _model_train_case(name, shape, dtype, device) -> List[_Impl]:
         return build
 
     return [
-        _Impl(f"{name} train step, baseline operator", "baseline", make(True)),
-        _Impl(f"{name} train step, converse2d", "ours", make(False)),
+        _Impl(f"{name} train step, baseline operator", "baseline", make("baseline")),
+        _Impl(f"{name} train step, converse2d", "ours", make()),
+        _Impl(f"{name} train step, bound: Converse2d = identity (free operator)", "bound", make("free")),
     ]
 
 

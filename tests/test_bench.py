@@ -50,6 +50,29 @@ def test_with_operator_swaps_a_copy_and_shares_parameters():
         bench.with_operator(net, "nope")
 
 
+def test_free_operator_is_identity_or_nearest_upsampling():
+    """The "free" operator (the bound rows: no operator work) keeps the layer's output shape:
+    the input itself at s = 1, nearest upsampling at s > 1."""
+    y = torch.randn(1, 3, 5, 4, dtype=torch.float64)
+    same = bench.with_operator(Converse2d(3, 3, padding=2).double(), "free")(y)
+    assert torch.equal(same, y)
+    up = bench.with_operator(Converse2d(3, 3, scale=2, padding=2).double(), "free")(y)
+    assert up.shape == (1, 3, 10, 8)
+    assert torch.equal(up[..., ::2, ::2], y) and torch.equal(up[..., 1::2, 1::2], y)
+
+
+@pytest.mark.parametrize("case", ["eval", "train"])
+def test_network_rows_include_the_free_operator_bound(case):
+    """Network rows time, beside the baseline and ours, the same network with a free
+    operator: the most that any Converse2d speed-up can give that network."""
+    make = bench._model_eval_case if case == "eval" else bench._model_train_case
+    impls = make("converse_dncnn", (2, 1, 12, 12), torch.float32, torch.device("cpu"))
+    kinds = [i.kind for i in impls]
+    assert kinds.count("baseline") == 1 and kinds.count("bound") == 1 and "ours" in kinds
+    for impl in impls:  # every implementation builds and runs one call
+        impl.make()()
+
+
 def _args(**kw):
     import argparse
     p = argparse.ArgumentParser()

@@ -10,6 +10,7 @@ import torch
 
 from _reference import dense_converse
 from conversenet.functional import converse2d
+from conversenet.functional import _upsolve
 from conversenet.functional._upsolve import _lag_sum
 
 CASES = [  # s, k, padding, mode, x0, kernel batch, h, w
@@ -62,3 +63,30 @@ def test_lag_sum_is_correlation_and_convolution():
                     ref_corr[:, k - i + 2, m - j + 3] += a[:, i, j].numpy() * b[:, k, m].numpy()
     assert np.abs(conv.numpy() - ref_conv).max() < 1e-12
     assert np.abs(corr.numpy() - ref_corr).max() < 1e-12
+
+
+@pytest.mark.parametrize("method", ["phases", "transposed"])
+@pytest.mark.parametrize("s,k,padding,mode,x0,kb,h,w", CASES)
+def test_both_correlation_methods_match_dense_solve(method, s, k, padding, mode, x0, kb, h, w):
+    """Either way of applying the kernel correlation (per output phase, or one transposed
+    convolution; "auto" picks by kernel size) gives the dense solution, for every case."""
+    gen = torch.Generator().manual_seed(s * 100 + k * 10 + h + 7)
+    n, c = 2, 3
+    y = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    kk = torch.rand(kb, c, k, k, generator=gen, dtype=torch.float64)
+    lam = torch.rand(n, c, 1, 1, generator=gen, dtype=torch.float64) * 0.1 + 0.01
+    pads = (padding,) * 4
+    yp = torch.nn.functional.pad(y, pads, mode=mode) if padding else y
+    out = torch.full((n, c, s * h, s * w), float("nan"), dtype=torch.float64)
+    got = _upsolve.converse_up(yp, y, kk, lam, pads, s, x0, out=out, method=method)
+    assert got is out
+    ref = dense_converse(y.numpy(), kk.numpy(), lam.reshape(n, c).numpy(), s, padding, mode, x0)
+    if ref.shape[-1] != out.shape[-1]:
+        ref = ref[..., s * padding : s * (padding + h), s * padding : s * (padding + w)]
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_correlation_method_is_named():
+    y = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="method"):
+        _upsolve.converse_up(y, y, torch.rand(1, 1, 2, 2), torch.ones(1, 1, 1, 1), (0,) * 4, 2, "interp", method="fast")

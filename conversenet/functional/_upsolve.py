@@ -125,7 +125,7 @@ def _gain(weight: torch.Tensor, lam: torch.Tensor, s: int, h: int, w: int, x0: s
 
 def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor,
                 pads: Tuple[int, int, int, int], s: int, x0: str,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, method: str = "auto") -> torch.Tensor:
     """Converse2D output (cropped) for s > 1, x0 in ("interp", "zero"), without autograd.
 
     Args:
@@ -133,24 +133,27 @@ def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: to
         weight: (1 or N, C, kh, kw) with kh <= sH, kw <= sW; lam: (1 or N, C, 1, 1).
         pads: (left, right, top, bottom) of yp around x.
         out: optional (N, C, s*h, s*w) tensor (a view is fine) to write the result into.
+        method: how the correlation is applied: ``"phases"`` (per output phase, the
+            taps as multiply-adds of shifted views), ``"transposed"`` (one depthwise
+            transposed convolution) or ``"auto"`` (phases when the kernel is no larger
+            than s, so that every output pixel takes one tap).
 
     Returns:
         (N, C, s*h, s*w), the crop of the padded solution (``out`` when given).
 
-    The correlation with the kernel of the zero-upsampled v is one depthwise transposed
-    convolution of v (stride s) with the flipped kernel: kh*kw multiply-adds per input
-    pixel, the zero samples never touched.
+    The correlation with the kernel of the zero-upsampled v costs kh*kw multiply-adds per
+    input pixel either way; the zero samples are never touched.
     """
     n, c, hp, wp = yp.shape
     left, _, top, _ = pads
     h, w = x.shape[-2:]
     kh, kw = weight.shape[-2:]
-    ch, cw = kh // 2, kw // 2
     g = _gain(weight, lam, s, hp, wp, x0)
     v = _fft.irfft2(_fft.rfft2(yp).mul_(g), (hp, wp))
-    # shifts dy = (py - ch + a) // s of the taps; the rows of v read are top + dy + i
-    dy0, dy1 = -((ch + s - 1) // s), (s - 1 - ch + kh - 1) // s
-    dx0, dx1 = -((cw + s - 1) // s), (s - 1 - cw + kw - 1) // s
+    if method not in ("auto", "phases", "transposed"):
+        raise ValueError(f"method must be 'auto', 'phases' or 'transposed', got {method!r}")
+    # the rows of v read are top + dy + i, dy in [dy0, dy1] (likewise columns)
+    (dy0, dy1), (dx0, dx1) = _reach(kh, s), _reach(kw, s)
     my0, my1 = max(0, -(top + dy0)), max(0, top + h - 1 + dy1 - (hp - 1))
     mx0, mx1 = max(0, -(left + dx0)), max(0, left + w - 1 + dx1 - (wp - 1))
     if max(my0, my1) > hp or max(mx0, mx1) > wp:
@@ -158,25 +161,99 @@ def converse_up(yp: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, lam: to
     if my0 or my1 or mx0 or mx1:  # the kernel reaches around the (circular) padded grid
         v = F.pad(v, (mx0, mx1, my0, my1), mode="circular")
     top, left = top + my0, left + mx0
-    # correlation with K of zero_up(v) = a transposed convolution with the flipped kernel,
-    # shifted by kh-1-kh//2 (one depthwise conv_transpose2d, no upsampled copy of v)
-    r0, c0 = top + dy0, left + dx0
-    vr = v[..., r0 : top + h + dy1, c0 : left + w + dx1]
-    k = weight.to(v.dtype).flip(-2, -1)
-    if weight.shape[0] == 1:
-        ct = F.conv_transpose2d(vr, k.reshape(c, 1, kh, kw), stride=s, groups=c)
+    base = x.to(v.dtype) if x0 == "interp" else None
+    if method == "auto":
+        # one tap per output pixel (kernel no larger than s): the phase loop is a single
+        # multiply-add pass; larger kernels take the one transposed convolution
+        method = "phases" if kh <= s and kw <= s else "transposed"
+    if out is None:
+        out = torch.empty(n, c, s * h, s * w, dtype=v.dtype, device=v.device)
+    correlate = _correlate_phases if method == "phases" else _correlate_transposed
+    return correlate(v, base, weight.to(v.dtype).flip(-2, -1), top, left, h, w, s, out)
+
+
+def _reach(k: int, s: int) -> Tuple[int, int]:
+    """Smallest and largest shift (in input samples) that a tap of a k-kernel centred at
+    k//2 reads, for output phases 0..s-1: shift (phase - k//2 + p) // s, p < k."""
+    c = k // 2
+    return -((c + s - 1) // s), (s - 1 - c + k - 1) // s
+
+
+def _taps(k: int, s: int, origin: int) -> list:
+    """(phase, shift) of each flipped-kernel tap along one axis: tap p lands on output
+    phase (p - origin) mod s and reads v shifted by ``shift`` samples."""
+    return [((p - origin) % s, ((p - origin) % s + origin - p) // s) for p in range(k)]
+
+
+def _window(v: torch.Tensor, top: int, left: int, h: int, w: int, kh: int, kw: int, s: int):
+    """The rows/columns of v that the taps read, and the offsets (oy, ox) of the output
+    in the transposed convolution of that window with the flipped kernel."""
+    (dy0, dy1), (dx0, dx1) = _reach(kh, s), _reach(kw, s)
+    vr = v[..., top + dy0 : top + h + dy1, left + dx0 : left + w + dx1]
+    return vr, s * -dy0 + kh - 1 - kh // 2, s * -dx0 + kw - 1 - kw // 2
+
+
+def _correlate_phases(v, base, kf, top, left, h, w, s, out):
+    """``out = base + corr_K(zero_up(v))`` (cropped), phase by phase of the output: output
+    pixel (s*I + a, s*J + b) takes v at (I + di, J + dj) times the taps of phase (a, b),
+    so every phase is a few multiply-adds of shifted views of v.
+
+    v: (N, C, H', W'); base: (N, C, h, w) or None (zero); kf: (1 or N, C, kh, kw) flipped
+    kernel; out: (N, C, s*h, s*w), written and returned.
+    """
+    n, c = v.shape[:2]
+    kb, _, kh, kw = kf.shape
+    vr, oy, ox = _window(v, top, left, h, w, kh, kw, s)
+    rows, cols = _taps(kh, s, oy), _taps(kw, s, ox)
+    # window rows outside [0, rows) contribute nothing: zero margins keep every view in range
+    zy0 = max(0, -min(d for _, d in rows))
+    zy1 = max(0, max(d for _, d in rows) + h - vr.shape[-2])
+    zx0 = max(0, -min(d for _, d in cols))
+    zx1 = max(0, max(d for _, d in cols) + w - vr.shape[-1])
+    if zy0 or zy1 or zx0 or zx1:
+        vr = F.pad(vr, (zx0, zx1, zy0, zy1))
+    phases = out.unflatten(-2, (h, s)).unflatten(-1, (w, s))
+    for a in range(s):
+        for b in range(s):
+            dst = phases[:, :, :, a, :, b]
+            taps = [(p, di, q, dj) for p, (pa, di) in enumerate(rows) if pa == a
+                    for q, (qb, dj) in enumerate(cols) if qb == b]
+            if not taps:  # kernel smaller than s: this phase gets no tap
+                dst.zero_() if base is None else dst.copy_(base)
+            # several taps accumulate in a contiguous buffer (vectorised), copied once into
+            # the strided phase; a single tap writes the phase directly
+            acc = dst if len(taps) == 1 else None
+            for i, (p, di, q, dj) in enumerate(taps):
+                src = vr[..., zy0 + di : zy0 + di + h, zx0 + dj : zx0 + dj + w]
+                coef = kf[..., p, q].reshape(kb, c, 1, 1)
+                if i:
+                    acc.addcmul_(src, coef)
+                elif base is None:
+                    acc = torch.mul(src, coef, out=acc)
+                else:
+                    acc = torch.addcmul(base, src, coef, out=acc)
+            if acc is not None and acc is not dst:
+                dst.copy_(acc)
+    return out
+
+
+def _correlate_transposed(v, base, kf, top, left, h, w, s, out):
+    """As :func:`_correlate_phases`, with one depthwise transposed convolution (stride s)
+    of the window of v with the flipped kernel, then the crop and the add of ``base``."""
+    n, c = v.shape[:2]
+    kb, _, kh, kw = kf.shape
+    vr, oy, ox = _window(v, top, left, h, w, kh, kw, s)
+    if kb == 1:
+        ct = F.conv_transpose2d(vr, kf.reshape(c, 1, kh, kw), stride=s, groups=c)
     else:
-        ct = F.conv_transpose2d(vr.reshape(1, n * c, *vr.shape[-2:]), k.reshape(n * c, 1, kh, kw),
+        ct = F.conv_transpose2d(vr.reshape(1, n * c, *vr.shape[-2:]), kf.reshape(n * c, 1, kh, kw),
                                 stride=s, groups=n * c).reshape(n, c, -1, (vr.shape[-1] - 1) * s + kw)
-    oy, ox = s * (top - r0) + kh - 1 - ch, s * (left - c0) + kw - 1 - cw
     short_y, short_x = oy + s * h - ct.shape[-2], ox + s * w - ct.shape[-1]
     if short_y > 0 or short_x > 0:  # kernel smaller than s: the last phases get no tap
         ct = F.pad(ct, (0, max(0, short_x), 0, max(0, short_y)))
     corr = ct[..., oy : oy + s * h, ox : ox + s * w]
-    if x0 != "interp":
-        return corr.contiguous() if out is None else out.copy_(corr)
-    if out is None:
-        out = torch.empty(n, c, s * h, s * w, dtype=v.dtype, device=v.device)
-    up = x.to(v.dtype)[:, :, :, None, :, None].expand(n, c, h, s, w, s)
+    if base is None:
+        return out.copy_(corr)
+    up = base[:, :, :, None, :, None].expand(n, c, h, s, w, s)
     torch.add(corr.unflatten(-2, (h, s)).unflatten(-1, (w, s)), up, out=out.unflatten(-2, (h, s)).unflatten(-1, (w, s)))
     return out
