@@ -138,8 +138,6 @@ def _wrap_index(n: int, w: int, device: torch.device) -> torch.Tensor:
         return torch.arange(n, device=device) % w
 
 
-_caches.register("solver-tables", "kernel DFT matrices and tiled-spectrum column indices by size and device",
-                 _caches.TABLES, _dft_matrix, _wrap_index)
 
 
 def _box_spectrum(s: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -179,9 +177,10 @@ def converse_filter(
     big = (s * h, s * w)
     lam_c = lam.to(weight.dtype)
     if s == 1:
+        if (not _tracks_grad(weight, lam_c) and lam_c.shape[0] <= weight.shape[0]
+                and weight.shape[-2] * weight.shape[-1] <= _tuning.DFT_MAX_TAPS):
+            return _filter_s1_real(weight, lam_c, big, x0)
         fk = kernel_otf(weight, big, onesided=True)
-        if not _tracks_grad(weight, lam_c) and lam_c.shape[0] <= fk.shape[0]:
-            return _filter_s1_inplace(fk, lam_c, x0)
         fk2 = fk.real.square() + fk.imag.square()
         inv = 1.0 / (fk2 + lam_c)
         if x0 == "zero":
@@ -203,17 +202,48 @@ def _tracks_grad(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
-def _filter_s1_inplace(fk: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
-    """The s = 1 filter computed in place on FK (no autograd): fewer passes, one buffer."""
-    fr = torch.view_as_real(fk)
-    re, im = fr[..., 0], fr[..., 1]
-    den = re.square()
-    den.addcmul_(im, im).add_(lam)
+@functools.lru_cache(maxsize=_tuning.TABLE_CACHE_SIZE)
+def _cos_sin_matrix(size: int, k: int, rows: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 2k) real matrix ``[cos | sin]`` of the phases ``2 pi u (a - k//2) / size``,
+    u < rows, a < k: the real and (negated) imaginary parts of :func:`_dft_matrix`, with
+    the phase index reduced in exact integer arithmetic and the trigonometry in float64."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: must be a normal tensor
+        u = torch.arange(rows, dtype=torch.int64)
+        a = torch.arange(k, dtype=torch.int64) - k // 2
+        phase = torch.remainder(u[:, None] * a[None, :], size).to(torch.float64) * (2.0 * math.pi / size)
+        return torch.cat([phase.cos(), phase.sin()], dim=1).to(device=device, dtype=dtype)
+
+
+_caches.register("solver-tables", "kernel DFT matrices and tiled-spectrum column indices by size and device",
+                 _caches.TABLES, _dft_matrix, _cos_sin_matrix, _wrap_index)
+
+
+def _filter_s1_real(weight: torch.Tensor, lam: torch.Tensor, big: Tuple[int, int], x0: str) -> torch.Tensor:
+    """The s = 1 filter without autograd, from real arithmetic on contiguous planes.
+
+    With the DFT matrices split as ``E = C - iS``, the kernel spectrum is
+    ``FK = (C K C'^T - S K S'^T) - i (S K C'^T + C K S'^T)``: two real matrix products
+    give Re FK and Im conj(FK) as contiguous planes, and
+    ``G = (conj(FK) + lam) / (|FK|^2 + lam)`` (``lam`` dropped from the numerator for
+    x0 = "zero") is a few passes over them, instead of strided passes over interleaved
+    complex numbers. weight: (B, C, kh, kw); lam: (B' <= B, C, 1, 1). Returns the
+    complex (B, C, M, N//2+1) filter on the rfft half-plane.
+    """
+    m, n = big
+    kh, kw = weight.shape[-2:]
+    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    k = weight.to(dt)
+    lm = _cos_sin_matrix(m, kh, m, weight.device, dt)            # (M, 2kh)  [C | S]
+    ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)   # (N', 2kw) [C' | S']
+    kc = torch.matmul(k, ln[:, :kw].transpose(0, 1))             # K C'^T, (B, C, kh, N')
+    ks = torch.matmul(k, ln[:, kw:].transpose(0, 1))             # K S'^T
+    re = torch.matmul(lm, torch.cat([kc, ks.neg()], dim=-2))     # C K C' - S K S'   = Re FK
+    im = torch.matmul(lm, torch.cat([ks, kc], dim=-2))           # S K C' + C K S'   = Im conj(FK)
+    lam = lam.to(dt)
+    inv = torch.addcmul(lam, re, re).addcmul_(im, im).reciprocal_()
     if x0 != "zero":
         re.add_(lam)
-    im.neg_()
-    fr.div_(den.unsqueeze(-1))
-    return fk
+    return torch.complex(re.mul_(inv), im.mul_(inv))
 
 
 Pads = Tuple[int, int, int, int]  # (left, right, top, bottom), F.pad order
