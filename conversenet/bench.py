@@ -12,8 +12,10 @@ The baseline (:func:`baseline_converse2d`) is Algorithm 1 of the paper written p
 the zero-upsampled input and of ``lam * X0``, the kernel spectrum (psf2otf) recomputed
 every call, the s x s block splits and means, the division by lam; padded and cropped
 like the released layer. :func:`with_operator` makes a copy of a network (sharing its
-parameters) in which every :class:`~conversenet.nn.Converse2d` runs the baseline or the
-floor, so that whole networks can be compared; nothing in the library is patched.
+parameters) in which every :class:`~conversenet.nn.Converse2d` runs the baseline, the
+floor or no operator at all (``"free"``: the network's ``bound`` row, the most that any
+Converse2d speed-up could give that network), so that whole networks can be compared;
+nothing in the library is patched.
 
 The bench leaves the process as it found it: the torch thread count is set for the run
 and put back after it, and glibc's malloc options are changed only in the worker

@@ -56,6 +56,31 @@ class TestChunkedSolve(BaseTester):
                              "reflect")
         self.assert_close(out, ref, dtype)
 
+    @pytest.mark.parametrize("one_group", [False, True])
+    @pytest.mark.parametrize("s", [1, 2])
+    def test_writes_into_a_given_buffer_only_without_autograd(self, monkeypatch, s, one_group):
+        """The private ``out`` of the solve (the fused block path's reused buffer): filled
+        and returned by the no-autograd solve, in groups or in one; ignored (left
+        untouched) where autograd records the solve or the buffer does not fit."""
+        y, k, lam = self._inputs(torch.float64, s)
+        if not one_group:
+            self._groups_of_two(monkeypatch, s)
+        ref = dense_converse(y.numpy(), k.numpy(), lam.reshape(1, -1).numpy(), s, 2, "reflect")
+        buf = torch.full((2, self.C, 7 * s, 6 * s), float("nan"), dtype=torch.float64)
+        with torch.no_grad():
+            got = _fc._converse2d(y, k, lam, s, 2, "reflect", "interp", None, "exact", out=buf)
+        assert got is buf
+        self.assert_close(buf, ref, torch.float64)
+        for other in (torch.full_like(buf, float("nan")).float(), torch.full((2, self.C, 7 * s, 6 * s + 1), float("nan"))):
+            with torch.no_grad():  # wrong dtype / shape: a fresh result, the buffer untouched
+                got = _fc._converse2d(y, k, lam, s, 2, "reflect", "interp", None, "exact", out=other)
+            assert got is not other and bool(other.isnan().all())
+        with torch.enable_grad():
+            buf.fill_(float("nan"))
+            got = _fc._converse2d(y.requires_grad_(), k, lam, s, 2, "reflect", "interp", None, "exact", out=buf)
+        assert got is not buf and got.requires_grad and bool(buf.isnan().all())
+        self.assert_close(got.detach(), ref, torch.float64)
+
     @pytest.mark.parametrize("s", [1, 2])
     def test_noncontiguous_input_and_module_agree(self, monkeypatch, s):
         y, k, lam = self._inputs(torch.float32, s)

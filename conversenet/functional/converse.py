@@ -388,9 +388,10 @@ def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
 
 def _converse_chunked(
     y: torch.Tensor, k_or_g: torch.Tensor, lam: Optional[torch.Tensor], pads: Pads, mode: str,
-    s: int, x0: str, size: Tuple[int, int],
+    s: int, x0: str, size: Tuple[int, int], dst: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """No-autograd solve, channel group by group, into one contiguous output.
+    """No-autograd solve, channel group by group, into one contiguous output (``dst`` when
+    given: an (N, C, sH, sW) contiguous tensor of y's dtype, written and returned).
 
     ``lam is None``: ``k_or_g`` is a precomputed filter; otherwise it is the kernel and the
     filter of each group is built on the fly (never the whole filter at once).
@@ -413,9 +414,9 @@ def _converse_chunked(
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
         return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
 
-    if step >= c:
+    if step >= c and dst is None:
         return solve(slice(0, c))
-    out = y.new_empty(n, c, s * h, s * w)
+    out = dst if dst is not None else y.new_empty(n, c, s * h, s * w)
     for c0 in range(0, c, step):
         sl = slice(c0, min(c, c0 + step))
         if lam is not None and s > 1:
@@ -540,6 +541,17 @@ def converse2d(
         >>> out.shape
         torch.Size([2, 3, 32, 40])
     """
+    return _converse2d(x, weight, lam, scale, padding, padding_mode, x0, filter, fft_size)
+
+
+def _converse2d(x, weight, lam, scale, padding, padding_mode, x0, filter, fft_size,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`converse2d`; ``out``: an optional scratch tensor the caller owns (used by the
+    fused no-grad :class:`~conversenet.nn.ConverseBlock` path, whose operator output is
+    consumed inside the block): where the no-autograd solve runs and ``out`` is a
+    contiguous tensor of the result's shape and dtype, the result is written into it
+    (no fresh multi-megabyte buffer, whose page faults cost as much as copying it);
+    otherwise ``out`` is ignored. Returns the result, ``out`` or not."""
     # everything is checked before any arithmetic happens (conversenet.checks)
     n, c = check_input_and_kernel(x, weight, 2)
     h, w = x.shape[-2:]
@@ -576,19 +588,21 @@ def converse2d(
         x0c = x0_tensor.to(compute) if x0_tensor is not None else None
         x0_mode = "tensor" if x0c is not None else x0
         if n == 0 or c == 0:
-            out = _empty_result(y, k, lam_c, x0c, filter, scale)
+            res = _empty_result(y, k, lam_c, x0c, filter, scale)
         elif torch.compiler.is_compiling():
             # one opaque node for the compiler (Inductor cannot generate code for the
             # complex tensors inside); it runs the same eager implementation
-            out = _solve_op.converse2d_solve(
+            res = _solve_op.converse2d_solve(
                 y, k, lam_c, x0c, filter, scale, list(pads), padding_mode, x0_mode
             )
         else:
-            out = _solve(y, k, lam_c, x0c, filter, scale, pads, padding_mode, x0_mode)
-    out = out.to(out_dtype)
+            fits = (out is not None and out.dtype == compute == out_dtype and out.device == x.device
+                    and tuple(out.shape) == (n, c, scale * h, scale * w) and out.is_contiguous())
+            res = _solve(y, k, lam_c, x0c, filter, scale, pads, padding_mode, x0_mode, out if fits else None)
+    res = res.to(out_dtype)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)  # as a conv would keep it
-    return out
+        res = res.contiguous(memory_format=torch.channels_last)  # as a conv would keep it
+    return res
 
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
@@ -678,12 +692,14 @@ def check_fft_device(device: torch.device) -> None:
 def _solve(
     y: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, x0: Optional[torch.Tensor],
     filt: Optional[torch.Tensor], scale: int, pads: Pads, mode: str, x0_mode: str,
+    dst: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The solve on validated inputs of the compute dtype (autocast off): (N, C, sH, sW).
 
     ``x0`` is the unpadded X0 tensor when ``x0_mode == "tensor"``, else None; ``filt`` an
     optional precomputed :func:`converse_filter`. Takes the fast no-autograd paths where
-    nothing needs a gradient.
+    nothing needs a gradient; those write into ``dst`` when it is given (see
+    :func:`_converse_chunked`), the others ignore it.
     """
     pads = tuple(pads)
     n, c, h, w = y.shape
@@ -694,10 +710,10 @@ def _solve(
         return _crop(_solve_with_x0(yp, k, lam, scale, x0p), pads, scale, h, w)
     if filt is None and not _tracks_grad(y, k, lam):
         # the filter is built group by group inside: never the whole of it at once
-        return _converse_chunked(y, k, lam, pads, mode, scale, x0_mode, (hp, wp))
+        return _converse_chunked(y, k, lam, pads, mode, scale, x0_mode, (hp, wp), dst)
     g = filt if filt is not None else converse_filter(k, lam, (hp, wp), scale, x0_mode)
     if not _tracks_grad(y, g):
-        return _converse_chunked(y, g, None, pads, mode, scale, x0_mode, (hp, wp))
+        return _converse_chunked(y, g, None, pads, mode, scale, x0_mode, (hp, wp), dst)
     if scale == 1:
         return _ConverseS1.apply(y, g, pads, mode)
     return _crop(_apply_filter(_pad4(y, pads, mode), g, scale), pads, scale, h, w)

@@ -158,6 +158,12 @@ class Converse2d(nn.Module):
         return g
 
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._solve(x, kernel)
+
+    def _solve(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """forward; ``out``: optional scratch tensor written in place of a fresh result where
+        the no-autograd solve runs (see ``conversenet.functional.converse._converse2d``)."""
         if self.weight is None:
             if kernel is None:
                 raise ValueError("this Converse2d has learn_kernel=False: pass forward(x, kernel)")
@@ -167,10 +173,8 @@ class Converse2d(nn.Module):
                 raise ValueError("this Converse2d learns its kernel; do not pass kernel=")
             weight = self.weight
         filt = self._cached_filter(x) if kernel is None else None
-        return _fc.converse2d(
-            x, weight, self.lam, self.scale, self.padding, self.padding_mode, self.x0,
-            filter=filt, fft_size=self.fft_size,
-        )
+        return _fc._converse2d(x, weight, self.lam, self.scale, self.padding, self.padding_mode, self.x0,
+                               filt, self.fft_size, out)
 
     def _apply(self, fn, *args, **kwargs):  # moving/casting invalidates the cache
         self._cache = None
@@ -262,8 +266,8 @@ class _Workspace(threading.local):
     blocks (they run one after another). Fresh multi-megabyte tensors cost page faults on
     every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
     about as much as the matrix product that fills them. Only temporaries that never leave
-    a block live here: at most one buffer per name ("hidden", "work", "residual") per
-    thread. Listed in :mod:`conversenet._caches`; ``clear()`` frees every thread's."""
+    a block live here: at most one buffer per name ("hidden", "work", "residual", and
+    "spatial", the Converse2d result) per thread. Listed in :mod:`conversenet._caches`; ``clear()`` frees every thread's."""
 
     # every thread's buffers by id, for clear(); an entry goes with its thread
     _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
@@ -289,7 +293,7 @@ class _Workspace(threading.local):
 
 _WORKSPACE = _Workspace()
 _caches.register("block-workspace", "reused CPU buffers of the fused no-grad ConverseBlock path",
-                 "3 buffers per thread, sized by the largest recent call; freed with the thread", _WORKSPACE)
+                 "4 buffers per thread, sized by the largest recent call; freed with the thread", _WORKSPACE)
 
 
 def clear_workspace() -> None:
@@ -462,7 +466,14 @@ class ConverseBlock(nn.Module):
             h = layer_norm_pointwise(x, seq[0], first, out=_buffer("hidden", (n, o, hw), x),
                                      work=_buffer("work", (n, c, hw), x))
             for m in list(seq)[2:-1]:
-                h = torch.ops.aten.gelu_(h) if type(m) is nn.GELU and m.approximate == "none" else m(h)
+                if type(m) is nn.GELU and m.approximate == "none":
+                    h = torch.ops.aten.gelu_(h)
+                elif type(m) is Converse2d and m.weight is not None:
+                    # its result is consumed inside this block: solved into a reused buffer
+                    shape = (n, m.channels, m.scale * hgt, m.scale * wid)
+                    h = m._solve(h, out=_buffer("spatial", shape, x))
+                else:
+                    h = m(h)
             w_last = last.weight.reshape(c, -1).to(x.dtype)
             b_last = last.bias.to(x.dtype) if last.bias is not None else x.new_zeros(c)
             if alpha is not None:
