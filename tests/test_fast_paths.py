@@ -71,7 +71,9 @@ class TestChunkedSolve(BaseTester):
             got = _fc._converse2d(y, k, lam, s, 2, "reflect", "interp", None, "exact", out=buf)
         assert got is buf
         self.assert_close(buf, ref, torch.float64)
-        for other in (torch.full_like(buf, float("nan")).float(), torch.full((2, self.C, 7 * s, 6 * s + 1), float("nan"))):
+        wrong_dtype = torch.full_like(buf, float("nan")).float()
+        wrong_shape = torch.full((2, self.C, 7 * s, 6 * s + 1), float("nan"), dtype=torch.float64)
+        for other in (wrong_dtype, wrong_shape):
             with torch.no_grad():  # wrong dtype / shape: a fresh result, the buffer untouched
                 got = _fc._converse2d(y, k, lam, s, 2, "reflect", "interp", None, "exact", out=other)
             assert got is not other and bool(other.isnan().all())

@@ -93,11 +93,16 @@ def _dft_matrix(size: int, k: int, rows: int, device: torch.device, cdtype: torc
     exponential in float64, so the matrix is correct to the last bit of ``cdtype``.
     """
     with torch.inference_mode(False), torch.no_grad():  # cached: must be a normal tensor
-        u = torch.arange(rows, dtype=torch.int64)
-        a = torch.arange(k, dtype=torch.int64) - k // 2
-        idx = torch.remainder(u[:, None] * a[None, :], size).to(torch.float64)
-        phase = idx * (-2.0 * math.pi / size)
+        phase = -_phase(size, k, rows)
         return torch.polar(torch.ones_like(phase), phase).to(device=device, dtype=cdtype)
+
+
+def _phase(size: int, k: int, rows: int) -> torch.Tensor:
+    """(rows, k) float64 angles ``2 pi (u (a - k//2) mod size) / size``: the index is reduced
+    in exact integer arithmetic before the float64 product."""
+    u = torch.arange(rows, dtype=torch.int64)
+    a = torch.arange(k, dtype=torch.int64) - k // 2
+    return torch.remainder(u[:, None] * a[None, :], size).to(torch.float64) * (2.0 * math.pi / size)
 
 
 def _block_mean(z: torch.Tensor, s: int) -> torch.Tensor:
@@ -208,13 +213,12 @@ def _cos_sin_matrix(size: int, k: int, rows: int, device: torch.device, dtype: t
     u < rows, a < k: the real and (negated) imaginary parts of :func:`_dft_matrix`, with
     the phase index reduced in exact integer arithmetic and the trigonometry in float64."""
     with torch.inference_mode(False), torch.no_grad():  # cached: must be a normal tensor
-        u = torch.arange(rows, dtype=torch.int64)
-        a = torch.arange(k, dtype=torch.int64) - k // 2
-        phase = torch.remainder(u[:, None] * a[None, :], size).to(torch.float64) * (2.0 * math.pi / size)
+        phase = _phase(size, k, rows)
         return torch.cat([phase.cos(), phase.sin()], dim=1).to(device=device, dtype=dtype)
 
 
-_caches.register("solver-tables", "kernel DFT matrices and tiled-spectrum column indices by size and device",
+_caches.register("solver-tables",
+                 "kernel DFT matrices (complex, and real cos|sin) and tiled-spectrum column indices by size and device",
                  _caches.TABLES, _dft_matrix, _cos_sin_matrix, _wrap_index)
 
 

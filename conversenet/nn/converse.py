@@ -267,7 +267,8 @@ class _Workspace(threading.local):
     every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
     about as much as the matrix product that fills them. Only temporaries that never leave
     a block live here: at most one buffer per name ("hidden", "work", "residual", and
-    "spatial", the Converse2d result) per thread. Listed in :mod:`conversenet._caches`; ``clear()`` frees every thread's."""
+    "spatial", the Converse2d result) per thread. Listed in :mod:`conversenet._caches`;
+    ``clear()`` frees every thread's."""
 
     # every thread's buffers by id, for clear(); an entry goes with its thread
     _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
