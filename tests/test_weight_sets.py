@@ -137,7 +137,8 @@ def test_info_lists_every_weight_set_and_where_it_is(tmp_path):
 
 def test_info_score_text_keeps_a_recorded_third_decimal():
     from conversenet.cli.info import _score_text
-    assert _score_text("psnr", 32.368) == "32.368"  # a record keeps a third decimal where two would hide a verdict (32.368 < 32.37)
+    # a record keeps a third decimal where two would hide a verdict (32.368 < 32.37)
+    assert _score_text("psnr", 32.368) == "32.368"
     assert _score_text("psnr", 32.46) == "32.46"
     assert _score_text("psnr", 30.0) == "30.00"
     assert _score_text("ssim", 0.89706) == "0.8971"

@@ -201,7 +201,7 @@ def _correlate_phases(v, base, kf, top, left, h, w, s, out):
     v: (N, C, H', W'); base: (N, C, h, w) or None (zero); kf: (1 or N, C, kh, kw) flipped
     kernel; out: (N, C, s*h, s*w), written and returned.
     """
-    n, c = v.shape[:2]
+    c = v.shape[1]
     kb, _, kh, kw = kf.shape
     vr, oy, ox = _window(v, top, left, h, w, kh, kw, s)
     rows, cols = _taps(kh, s, oy), _taps(kw, s, ox)

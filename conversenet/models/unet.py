@@ -166,7 +166,8 @@ def _blind_record(colour: str, channels: int, sha256: str, data: str, iterations
 
 CONVERSE_UNET_BLIND_GRAY = _blind_record(
     "gray", 1, "9f7d1e0d04734a57ecb2688e24271648f4106ef5220fd0b4f1f3bbdf6073fb77",
-    "trainsets/train400 grey patches", "22,330 + 6,043 + 6,000 + 8,000 + 6,000 + 2,000 + 8,000 + 8,000", BLIND_GRAY_SCORES)
+    "trainsets/train400 grey patches", "22,330 + 6,043 + 6,000 + 8,000 + 6,000 + 2,000 + 8,000 + 8,000",
+    BLIND_GRAY_SCORES)
 CONVERSE_UNET_BLIND_COLOR = _blind_record(
     "color", 3, "85b39cf9a3c5184271db764397caeb12cbc4028e4d487bc0120afd497c9fbb23",
     "trainsets/bsds400_color colour patches", "22,365 + 8,000 + 6,000", BLIND_COLOR_SCORES)
