@@ -52,6 +52,10 @@ FFT_MAX_REPS = 7
 #: Tensors timed for a decision hold at most this many elements (the batch is capped): a
 #: bound on the memory of measuring (32 MiB of complex64), not a timing result.
 FFT_MEASURE_ELEMS = 1 << 22
+#: Pixels of the products timed for the block's 1x1 memory-order decision (the image's
+#: pixel count rounded up to a power of two, at most this): a bound on the memory and time
+#: of measuring (64 x 2^18 floats = 64 MiB), not a timing result.
+LAYOUT_MEASURE_PIXELS = 1 << 18
 #: Decisions kept per process (least recently made first out; a forgotten one is measured
 #: again). A bound on memory, not a timing: keys are (direction, size, batch bucket, dtype,
 #: threads, autograd), so one network at one image size makes a few dozen.

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import _caches, _tuning
 from ..checks import check_choice, check_input_and_kernel, check_int, check_lam, check_padding, check_tensor
-from . import _fft, _matrix_dft, _solve_op, _upsolve
+from . import _channels_last, _fft, _matrix_dft, _solve_op, _upsolve
 
 __all__ = [
     "converse2d",
@@ -601,7 +601,8 @@ def _converse2d(x, weight, lam, scale, padding, padding_mode, x0, filter, fft_si
             )
         else:
             fits = (out is not None and out.dtype == compute == out_dtype and out.device == x.device
-                    and tuple(out.shape) == (n, c, scale * h, scale * w) and out.is_contiguous())
+                    and tuple(out.shape) == (n, c, scale * h, scale * w)
+                    and (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)))
             res = _solve(y, k, lam_c, x0c, filter, scale, pads, padding_mode, x0_mode, out if fits else None)
     res = res.to(out_dtype)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -712,6 +713,11 @@ def _solve(
         yp = _pad4(y, pads, mode)
         x0p = _pad4(x0, tuple(scale * p for p in pads), mode)
         return _crop(_solve_with_x0(yp, k, lam, scale, x0p), pads, scale, h, w)
+    if (_channels_last.applies(y, k, lam, scale, x0_mode) and (filt is None or filt.shape[0] == 1)
+            and not _tracks_grad(filt if filt is not None else k)):
+        return _channels_last.solve(y, k, lam, pads, mode, x0_mode, filt, dst)
+    if dst is not None and not dst.is_contiguous():
+        dst = None
     if filt is None and not _tracks_grad(y, k, lam):
         # the filter is built group by group inside: never the whole of it at once
         return _converse_chunked(y, k, lam, pads, mode, scale, x0_mode, (hp, wp), dst)

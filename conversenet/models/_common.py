@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from ..checks import check_image, check_pos_int
-from ..nn import ConverseBlock
+from ..nn import Converse2d, ConverseBlock
 
-__all__ = ["check_pos_int", "check_image", "block_stack", "BlockStack"]
+__all__ = ["check_pos_int", "check_image", "block_stack", "BlockStack", "ConverseStack", "gelu_fresh", "pointwise"]
 
 
 def block_stack(
@@ -29,7 +29,7 @@ def block_stack(
     """``num_blocks`` :class:`~conversenet.nn.ConverseBlock` s of width ``width`` in a Sequential."""
     check_pos_int("num_blocks", num_blocks)
     check_pos_int("width", width)
-    return nn.Sequential(
+    return ConverseStack(
         *[
             ConverseBlock(
                 width, kernel_size, padding, padding_mode, eps, x0, kernel_init,
@@ -38,6 +38,78 @@ def block_stack(
             for _ in range(num_blocks)
         ]
     )
+
+
+class ConverseStack(nn.Sequential):
+    """A Sequential of :class:`~conversenet.nn.ConverseBlock` s (state-dict keys ``<i>.``...).
+
+    Without autograd on a CPU, where each block's fused path keeps its features
+    channels-last (:meth:`~conversenet.nn.ConverseBlock.pixel_major`: measured to be
+    faster there), the whole stack runs on a channels-last copy of x, so that no block
+    converts between layouts; the result comes back in x's layout. Otherwise, and for
+    blocks whose spatial operator is not a Converse2d, it is a plain Sequential.
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._channels_last_pays(x):
+            return super().forward(x)
+        out = super().forward(x.contiguous(memory_format=torch.channels_last))
+        return out if not x.is_contiguous() else out.contiguous()
+
+    def _channels_last_pays(self, x: torch.Tensor) -> bool:
+        if len(self) < 2 or x.device.type != "cpu" or x.dim() != 4:
+            return False
+        for block in self:
+            if not (type(block) is ConverseBlock and type(block.conv1[3]) is Converse2d
+                    and block.conv1[3].weight is not None and block.fused_applies(x)):
+                return False
+        return self[0].pixel_major(x)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether forward hooks (global, or on one of ``modules``) could see these modules' tensors."""
+    from torch.nn.modules import module as _m  # torch has no public reader of the global hooks
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _inference(x: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.device.type == "cpu"
+
+
+def gelu_fresh(act: nn.Module, x: torch.Tensor, producer: nn.Module) -> torch.Tensor:
+    """``act(x)`` for an x just returned by ``producer`` that nothing else holds. Without
+    autograd on a CPU an exact ``nn.GELU`` runs in place: a fresh result would be another
+    large allocation whose page faults cost several times the GELU itself (at 64 x 512 x 512,
+    25 ms against 4.4 ms in place on an AMD EPYC)."""
+    if (_inference(x) and type(act) is nn.GELU and act.approximate == "none" and x.is_floating_point()
+            and not _hooked(act, producer)):
+        return torch.ops.aten.gelu_(x)
+    return act(x)
+
+
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution; without autograd on a CPU as one matrix product per
+    image, (O, C) x (C, HW) (torch's convolution ran a 64 -> 3 one at 512 x 512 in 27 ms,
+    the product in 8 ms, on an AMD EPYC)."""
+    n, c = x.shape[:2]
+    if not (_inference(x) and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and isinstance(conv, nn.Conv2d) and conv.weight.shape[1:] == (c, 1, 1) and conv.groups == 1
+            and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and not _hooked(conv)):
+        return conv(x)
+    # detached: torch.matmul ran 9x slower with a view of a parameter (even under no_grad)
+    w = conv.weight.detach().reshape(conv.weight.shape[0], c).to(x.dtype)
+    xs = x.reshape(n, c, -1)
+    y = x.new_empty(n, w.shape[0], xs.shape[-1])
+    for i in range(n):
+        torch.mm(w, xs[i], out=y[i])
+    if conv.bias is not None:
+        y = y.add_(conv.bias.detach().to(x.dtype)[:, None])
+    return y.reshape(n, -1, *x.shape[2:])
 
 
 class BlockStack(nn.Module):

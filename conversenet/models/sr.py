@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import Converse2d, ConverseBlock
-from ._common import block_stack, check_image, check_pos_int
+from ._common import block_stack, check_image, check_pos_int, gelu_fresh, pointwise
 from .base import RestorationModel
 from .weights import OFFICIAL_URL, Score, WeightSet, register_weights
 
@@ -217,8 +217,9 @@ class ConverseSRResNet(RestorationModel):
         check_image(x, self.in_channels)
         f = self.conv_body(self.act(self.conv_first(x)))
         for i in range(1, self._stages + 1):
-            f = self.act(getattr(self, f"up{i}")(getattr(self, f"upconv{i}")(f)))
-        f = self.conv_last(self.act(self.conv_hres(f)))
+            up = getattr(self, f"up{i}")
+            f = gelu_fresh(self.act, up(getattr(self, f"upconv{i}")(f)), up)
+        f = pointwise(self.conv_last, gelu_fresh(self.act, self.conv_hres(f), self.conv_hres))
         return f + _bilinear_skip(x, self.scale)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import _caches, _tuning
 from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
+from ..functional import _fft_policy
 from ..functional import converse as _fc
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
@@ -278,11 +279,15 @@ class _Workspace(threading.local):
         _Workspace._all[id(self.bufs)] = self.bufs
 
     def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        # one flat buffer per name, as large as the largest request so far: a network whose
+        # blocks run at several sizes (Converse-SRResNet: 128, 256, 512) takes views of it
+        # instead of reallocating (and page-faulting) at every change of size
+        numel = math.prod(shape)
         b = self.bufs.get(name)
-        if b is None or b.shape != shape or b.dtype != like.dtype or b.device != like.device:
+        if b is None or b.numel() < numel or b.dtype != like.dtype or b.device != like.device:
             self.bufs.pop(name, None)  # the old one goes before the new one is allocated
-            b = self.bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return b
+            b = self.bufs[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return b[:numel].view(shape)
 
     def clear(self) -> None:
         for bufs in list(_Workspace._all.values()):
@@ -294,7 +299,7 @@ class _Workspace(threading.local):
 
 _WORKSPACE = _Workspace()
 _caches.register("block-workspace", "reused CPU buffers of the fused no-grad ConverseBlock path",
-                 "4 buffers per thread, sized by the largest recent call; freed with the thread", _WORKSPACE)
+                 "4 buffers per thread, each as large as the largest call so far; freed with the thread", _WORKSPACE)
 
 
 def clear_workspace() -> None:
@@ -310,8 +315,54 @@ def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tens
     return _WORKSPACE.get(name, shape, like)
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Channels-last and not also contiguous (the two agree for C = 1 or 1x1 images)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def pixel_major_faster(x: torch.Tensor, c: int, o: int) -> bool:
+    """Whether a block's 1x1 products (C -> O channels) on an input like x (N, C, H, W) run
+    faster pixel-major, as (NHW, C) x (C, O) with channels-last features, than planar, as
+    (O, C) x (C, HW). That depends on the CPU and its BLAS (on an AMD EPYC pixel-major was
+    1.3-1.5x faster for C = 64, O = 128), so it is measured: once per (C, O, pixel bucket,
+    dtype, threads) in a process, by the FFT policy (``conversenet bench --explain`` lists
+    it as ``mm1x1``). GPUs, small images and forced FFT paths: planar."""
+    pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+    if x.device.type != "cpu" or pixels * max(c, o) < _tuning.FFT_MIN_MEASURED:
+        return False
+    size = min(1 << max(0, (pixels - 1).bit_length()), _tuning.LAYOUT_MEASURE_PIXELS)
+
+    def make(order: str):
+        def runner(_n: int):
+            a = torch.randn(c, size, dtype=x.dtype)
+            w = torch.randn(o, c, dtype=x.dtype)
+            if order == "planar":
+                out = torch.empty(o, size, dtype=x.dtype)
+                return lambda: torch.mm(w, a, out=out)
+            at, out = a.t().contiguous(), torch.empty(size, o, dtype=x.dtype)
+            return lambda: torch.mm(at, w.t(), out=out)
+        return runner
+
+    return _fft_policy.choose("mm1x1", c, o, pixels, x.dtype, False,
+                              {"planar": make("planar"), "pixel": make("pixel")}) == "pixel"
+
+
+def _pixel_major(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) channels-last -> its (N, HW, C) view (contiguous)."""
+    n, c = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(n, -1, c)
+
+
+def _gelu_(h: torch.Tensor) -> torch.Tensor:
+    """Exact GELU in place; a channels-last tensor through its contiguous view (torch's
+    kernel ran 2.5x slower on the permuted (N, C, H, W) view itself)."""
+    torch.ops.aten.gelu_(h.permute(0, 2, 3, 1) if _is_channels_last(h) else h)
+    return h
+
+
 def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d,
-                         out: Optional[torch.Tensor] = None, work: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         out: Optional[torch.Tensor] = None, work: Optional[torch.Tensor] = None,
+                         channels_last: bool = False) -> torch.Tensor:
     """``conv(norm(x))`` for a 1x1 ``conv``, computed as one matrix product (no autograd use).
 
     With per-pixel mean ``mu`` and ``r = 1/sqrt(var + eps)`` over channels,
@@ -321,33 +372,55 @@ def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d,
     modules run one after the other, which dominate them at large images on CPUs).
 
     Args:
-        x: (N, C, H, W).
+        x: (N, C, H, W), contiguous or channels-last (read in its own memory order).
         norm: the :class:`LayerNorm2d` over C channels.
         conv: a 1x1 ``nn.Conv2d`` from C to O channels (stride 1, no groups, no padding).
-        out: optional contiguous (N, O, H*W) buffer for the result.
-        work: optional contiguous (N, C, H*W) scratch buffer.
+        out: optional contiguous buffer for the result: (N, O, H*W), or (N, H*W, O) with
+            ``channels_last``.
+        work: optional contiguous scratch tensor of x's size.
+        channels_last: return the result channels-last: the product then runs as
+            (HW, C) x (C, O), which on CPUs is faster than (O, C) x (C, HW) (about 1.3x for
+            C = 64, O = 128 on an AMD EPYC).
 
     Returns:
-        (N, O, H, W), equal to ``conv(norm(x))`` up to float rounding.
+        (N, O, H, W), equal to ``conv(norm(x))`` up to float rounding; channels-last (a
+        view of ``out``) if ``channels_last``, else contiguous.
     """
     n, c, h, w = x.shape
     if not _is_pointwise(conv, c):
-        return conv(norm(x))
-    o = conv.weight.shape[0]
+        y = conv(norm(x))
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    o, hw = conv.weight.shape[0], h * w
     w2 = conv.weight.reshape(o, c).to(x.dtype)
     w_fold = w2 * norm.weight.to(x.dtype)
     b_fold = w2 @ norm.bias.to(x.dtype)
     if conv.bias is not None:
         b_fold = b_fold + conv.bias.to(x.dtype)
-    xs = x.reshape(n, c, h * w)
-    avg = x.new_full((1, c), 1.0 / c)
-    d = torch.sub(xs, torch.matmul(avg, xs), out=work) if work is not None else xs - torch.matmul(avg, xs)
-    y = out if out is not None else x.new_empty(n, o, h * w)
-    for i in range(n):
-        torch.mm(w_fold, d[i], out=y[i])                   # (O, HW)
-    var = torch.matmul(avg, d.square_())                   # two-pass variance, (N, 1, HW)
+    avg = x.new_full((c, 1), 1.0 / c)
+    pixel_major = _is_channels_last(x)
+    if pixel_major:  # statistics over the contiguous channels of each pixel
+        xm = _pixel_major(x)                                             # (N, HW, C)
+        scratch = work.view(n, hw, c) if work is not None else torch.empty_like(xm)
+        d = torch.sub(xm, torch.matmul(xm, avg), out=scratch)
+        dc = d.transpose(1, 2)                                           # (N, C, HW) view
+    else:
+        xs = x.reshape(n, c, hw)
+        scratch = work.view(n, c, hw) if work is not None else torch.empty_like(xs)
+        d = dc = torch.sub(xs, torch.matmul(avg.t(), xs), out=scratch)
+    if channels_last:
+        y = out if out is not None else x.new_empty(n, hw, o)
+        for i in range(n):
+            torch.mm(dc[i].transpose(0, 1), w_fold.transpose(0, 1), out=y[i])  # (HW, O)
+    else:
+        y = out if out is not None else x.new_empty(n, o, hw)
+        for i in range(n):
+            torch.mm(w_fold, dc[i], out=y[i])                                 # (O, HW)
+    # two-pass variance (the square is taken in place in d, after the product)
+    var = (torch.matmul(d.square_(), avg) if pixel_major else torch.matmul(avg.t(), d.square_())).view(n, hw)
     r = var.add_(norm.eps).rsqrt_()
-    return y.mul_(r).add_(b_fold[:, None]).reshape(n, o, h, w)
+    if channels_last:
+        return y.mul_(r[:, :, None]).add_(b_fold).view(n, h, w, o).permute(0, 3, 1, 2)
+    return y.mul_(r[:, None, :]).add_(b_fold[:, None]).reshape(n, o, h, w)
 
 
 def _spatial_op(
@@ -429,15 +502,26 @@ class ConverseBlock(nn.Module):
         # the fused no-grad path works on reused buffers in place, in x's dtype: compiled
         # graphs (the compiler fuses the plain path itself), autocast and half inputs (whose
         # LayerNorm runs in float32 there) take the plain path below
-        if (not torch.is_grad_enabled() and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
-                and not torch.compiler.is_compiling() and not _autocast_on(x)
-                and not self._submodule_hooks()):
+        if self.fused_applies(x):
             return self._forward_no_grad(x)
         if self.alpha1 is None:
             x = x + self.conv1(x)
             return x + self.conv2(x)
         x = x + self.alpha1 * self.conv1(x)
         return x + self.alpha2 * self.conv2(x)
+
+    def fused_applies(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the fused no-grad path (:meth:`_forward_no_grad`)."""
+        return (not torch.is_grad_enabled() and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+                and not torch.compiler.is_compiling() and not _autocast_on(x)
+                and not self._submodule_hooks())
+
+    def pixel_major(self, x: torch.Tensor) -> bool:
+        """Whether the fused path of this block keeps its hidden features channels-last for
+        an input like x (its Converse2d is then solved in that layout too):
+        :func:`pixel_major_faster` for its first 1x1 product."""
+        first = self.conv1[1]
+        return _is_pointwise(first, x.shape[1]) and pixel_major_faster(x, x.shape[1], first.weight.shape[0])
 
     def _submodule_hooks(self) -> bool:
         """Hooks on the layers inside see their tensors; the fused path neither calls those
@@ -453,9 +537,19 @@ class ConverseBlock(nn.Module):
         dominate at large images on CPUs). Per branch: LayerNorm and the first 1x1 conv are
         one matrix product; GELUs run in place; the last 1x1 conv accumulates onto
         ``x + alpha * bias`` (residual, bias and alpha folded into one product). ``x`` is
-        never written; temporaries come from a reused workspace."""
+        never written; temporaries come from a reused workspace.
+
+        Inside a branch the hidden features are channels-last (pixel-major): the 1x1
+        products run faster in that order on CPUs and the Converse2d solves them without
+        leaving it (:mod:`conversenet.functional._channels_last`). The output has x's
+        layout: channels-last for a channels-last x (a stack of blocks then never converts
+        between layouts; see ``conversenet.models._common.run_channels_last``), else
+        contiguous."""
         n, c, hgt, wid = x.shape
         hw = hgt * wid
+        cl = _is_channels_last(x)
+        if not cl:
+            x = x.contiguous()
         for j, (seq, alpha) in enumerate(((self.conv1, self.alpha1), (self.conv2, self.alpha2))):
             first, last = seq[1], seq[-1]
             if not (_is_pointwise(first, c) and _is_pointwise(last, last.weight.shape[1])
@@ -464,15 +558,18 @@ class ConverseBlock(nn.Module):
                 x = x + (h if alpha is None else alpha * h)
                 continue
             o = first.weight.shape[0]
-            h = layer_norm_pointwise(x, seq[0], first, out=_buffer("hidden", (n, o, hw), x),
-                                     work=_buffer("work", (n, c, hw), x))
+            pm = pixel_major_faster(x, c, o)  # measured once per shape, then a dict lookup
+            h = layer_norm_pointwise(x, seq[0], first, out=_buffer("hidden", (n, hw, o) if pm else (n, o, hw), x),
+                                     work=_buffer("work", (n, c, hw), x), channels_last=pm)
             for m in list(seq)[2:-1]:
                 if type(m) is nn.GELU and m.approximate == "none":
-                    h = torch.ops.aten.gelu_(h)
+                    h = _gelu_(h)
                 elif type(m) is Converse2d and m.weight is not None:
                     # its result is consumed inside this block: solved into a reused buffer
-                    shape = (n, m.channels, m.scale * hgt, m.scale * wid)
-                    h = m._solve(h, out=_buffer("spatial", shape, x))
+                    sh = (n, m.scale * hgt, m.scale * wid, m.channels)
+                    buf = _buffer("spatial", sh, x).permute(0, 3, 1, 2) if pm else \
+                        _buffer("spatial", (sh[0], sh[3], sh[1], sh[2]), x)
+                    h = m._solve(h, out=buf)
                 else:
                     h = m(h)
             w_last = last.weight.reshape(c, -1).to(x.dtype)
@@ -481,10 +578,18 @@ class ConverseBlock(nn.Module):
                 a = alpha.reshape(c).to(x.dtype)
                 w_last, b_last = w_last * a[:, None], b_last * a
             # the first branch's sum stays inside the block; the second is the block's output
-            res = _buffer("residual", (n, c, hw), x) if j == 0 else x.new_empty(n, c, hw)
-            torch.add(x.reshape(n, c, hw), b_last[:, None], out=res)
-            hs = h.reshape(n, -1, hw)
-            for i in range(n):
-                res[i].addmm_(w_last, hs[i])
-            x = res.reshape(n, c, hgt, wid)
+            shape = (n, hw, c) if cl else (n, c, hw)
+            res = _buffer("residual", shape, x) if j == 0 else x.new_empty(shape)
+            # (N, O, HW) view of h in its own memory order, read without copies by mm
+            hs = _pixel_major(h).transpose(1, 2) if _is_channels_last(h) else h.reshape(n, -1, hw)
+            if cl:  # (HW, C) = x + b + (HW, O) x (O, C)
+                torch.add(_pixel_major(x), b_last, out=res)
+                for i in range(n):
+                    res[i].addmm_(hs[i].transpose(0, 1), w_last.transpose(0, 1))
+                x = res.view(n, hgt, wid, c).permute(0, 3, 1, 2)
+            else:   # (C, HW) = x + b + (C, O) x (O, HW)
+                torch.add(x.reshape(n, c, hw), b_last[:, None], out=res)
+                for i in range(n):
+                    res[i].addmm_(w_last, hs[i])
+                x = res.view(n, c, hgt, wid)
         return x
