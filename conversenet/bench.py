@@ -110,6 +110,10 @@ class OperatorSwap(nn.Module):
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         m = self.layer
         s, p = m.scale, m.padding
+        if self.operator != "free":
+            # the baseline and the floor see a contiguous input, as they did before converse
+            # blocks kept their features channels-last (conversenet.nn.converse.pixel_major_faster)
+            x = x.contiguous()
         if self.operator == "baseline":
             weight = m.weight if kernel is None else kernel
             return baseline_converse2d(x, weight, m.lam, s, p, m.padding_mode, m.x0)

@@ -287,12 +287,13 @@ def _irfft2_cl_scipy(z: torch.Tensor, size: Tuple[int, int], overwrite: bool) ->
 
 
 _RFFT2_CL: Dict[str, Callable] = {
-    "torch": lambda x: torch.fft.rfft2(x, dim=(1, 2)),
+    # torch.fft keeps the transformed dims innermost in memory: made (N, H, W', C) again
+    "torch": lambda x: torch.fft.rfft2(x, dim=(1, 2)).contiguous(),
     "scipy": _rfft2_cl_scipy,
     "ducc": _rfft2_cl_ducc,
 }
 _IRFFT2_CL: Dict[str, Callable] = {
-    "torch": lambda z, size, overwrite: torch.fft.irfft2(z, s=size, dim=(1, 2)),
+    "torch": lambda z, size, overwrite: torch.fft.irfft2(z, s=size, dim=(1, 2)).contiguous(),
     "scipy": _irfft2_cl_scipy,
     "ducc": _irfft2_cl_ducc,
 }

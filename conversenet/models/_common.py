@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..checks import check_image, check_pos_int
 from ..nn import Converse2d, ConverseBlock
+from ..nn.converse import _is_channels_last
 
 __all__ = ["check_pos_int", "check_image", "block_stack", "BlockStack", "ConverseStack", "gelu_fresh", "pointwise"]
 
@@ -56,7 +57,7 @@ class ConverseStack(nn.Sequential):
         if not self._channels_last_pays(x):
             return super().forward(x)
         out = super().forward(x.contiguous(memory_format=torch.channels_last))
-        return out if not x.is_contiguous() else out.contiguous()
+        return out if _is_channels_last(x) else out.contiguous()
 
     def _channels_last_pays(self, x: torch.Tensor) -> bool:
         if len(self) < 2 or x.device.type != "cpu" or x.dim() != 4:

@@ -543,7 +543,7 @@ class ConverseBlock(nn.Module):
         products run faster in that order on CPUs and the Converse2d solves them without
         leaving it (:mod:`conversenet.functional._channels_last`). The output has x's
         layout: channels-last for a channels-last x (a stack of blocks then never converts
-        between layouts; see ``conversenet.models._common.run_channels_last``), else
+        between layouts; see ``conversenet.models._common.ConverseStack``), else
         contiguous."""
         n, c, hgt, wid = x.shape
         hw = hgt * wid
