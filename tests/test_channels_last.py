@@ -44,6 +44,12 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def sample(shape, seed: int, layout: str = "contiguous") -> torch.Tensor:
+    """A float64 standard-normal tensor of ``shape``, stored in ``layout``."""
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return channels_last(t) if layout == "channels_last" else t
+
+
 def is_cl(t: torch.Tensor) -> bool:
     """Channels-last and not also contiguous."""
     return t.is_contiguous(memory_format=CL) and not t.is_contiguous()
@@ -462,10 +468,7 @@ def test_block_fused_paths_match_plain_path(monkeypatch, layout, pm, residual_sc
     block = _block(residual_scale, train=train)
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: pm)
     solves = BaseTester.spy(monkeypatch, _channels_last, "solve")
-    gen = torch.Generator().manual_seed(52)
-    x = torch.randn(2, 4, 9, 11, generator=gen, dtype=torch.float64)
-    if layout == "channels_last":
-        x = channels_last(x)
+    x = sample((2, 4, 9, 11), 52, layout)
     x_copy = x.clone()
     ref = plain_reference(block, x)
     assert not solves  # the autograd path solves planar
@@ -598,10 +601,7 @@ def _stack(spatial="converse", num_blocks=2, residual_scale=True, seed=71):
 def test_stack_runs_channels_last_when_pixel_major(monkeypatch, layout):
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
     stack = _stack()
-    gen = torch.Generator().manual_seed(72)
-    x = torch.randn(2, 6, 9, 10, generator=gen, dtype=torch.float64)
-    if layout == "channels_last":
-        x = channels_last(x)
+    x = sample((2, 6, 9, 10), 72, layout)
     x_copy = x.clone()
     ref = plain_reference(stack, x)
     seen = _spy_block_layouts(monkeypatch)
@@ -653,9 +653,7 @@ def test_converse_dncnn_through_the_channels_last_stack(monkeypatch, layout):
     net = perturb(models.create("converse_dncnn", in_channels=2, width=8, num_blocks=2, kernel_size=3,
                                 padding=2, padding_mode="replicate").double().eval(), 74)
     assert type(net.m_body) is ConverseStack
-    x = torch.randn(1, 2, 10, 9, generator=torch.Generator().manual_seed(75), dtype=torch.float64)
-    if layout == "channels_last":
-        x = channels_last(x)
+    x = sample((1, 2, 10, 9), 75, layout)
     ref = plain_reference(net, x)
     pays = BaseTester.spy(monkeypatch, ConverseStack, "_channels_last_pays")
     seen = _spy_block_layouts(monkeypatch)
@@ -685,9 +683,7 @@ def _count_forward(module: nn.Module):
 @pytest.mark.parametrize("bias", [True, False])
 def test_pointwise_matches_numpy(bias, layout):
     conv = perturb(nn.Conv2d(5, 3, 1, bias=bias).double(), 81)
-    x = torch.randn(2, 5, 6, 7, generator=torch.Generator().manual_seed(82), dtype=torch.float64)
-    if layout == "channels_last":
-        x = channels_last(x)
+    x = sample((2, 5, 6, 7), 82, layout)
     x_copy = x.clone()
     ref = np.einsum("oc,nchw->nohw", conv.weight.detach().numpy()[:, :, 0, 0], x.numpy())
     if bias:
