@@ -120,9 +120,15 @@ def perturb(module: nn.Module, seed: int) -> nn.Module:
 
 
 def plain_reference(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x) along the plain layer-by-layer path (autograd on: no fused code runs)."""
-    with torch.enable_grad():
-        return module(x.detach().contiguous().clone().requires_grad_()).detach()
+    """module(x) along the plain layer-by-layer path (autograd on: no fused code runs) on
+    planar features (the channels-last route of the stacks is switched off meanwhile)."""
+    saved = _nc.pixel_major_faster
+    _nc.pixel_major_faster = lambda x, c, o: False
+    try:
+        with torch.enable_grad():
+            return module(x.detach().contiguous().clone().requires_grad_()).detach()
+    finally:
+        _nc.pixel_major_faster = saved
 
 
 def assert_layout_like(out: torch.Tensor, x: torch.Tensor) -> None:
@@ -628,7 +634,7 @@ def test_stack_output_layout_for_other_strides_matches_a_block(monkeypatch):
     assert out.is_contiguous()
 
 
-@pytest.mark.parametrize("case", ["grad", "conv", "convt", "planar_faster", "one_block"])
+@pytest.mark.parametrize("case", ["conv", "convt", "planar_faster", "one_block"])
 def test_stack_stays_planar_otherwise(monkeypatch, case):
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: case != "planar_faster")
     spatial = case if case in ("conv", "convt") else "converse"
@@ -637,11 +643,8 @@ def test_stack_stays_planar_otherwise(monkeypatch, case):
     x = torch.randn(2, 6, 9, 10, generator=gen, dtype=torch.float64)
     ref = plain_reference(stack, x)
     seen = _spy_block_layouts(monkeypatch)
-    if case == "grad":
-        out = stack(x.clone().requires_grad_()).detach()
-    else:
-        with torch.no_grad():
-            out = stack(x)
+    with torch.no_grad():
+        out = stack(x)
     assert seen == [False] * len(stack)
     assert out.is_contiguous()
     BaseTester.assert_close(out, ref, torch.float64)
@@ -882,3 +885,61 @@ def test_snapshot_adopt_keeps_layout_decisions_and_rejects_bogus():
 def test_layout_names_are_distinct_from_fft_paths():
     assert set(_fft_policy.LAYOUTS) == {"planar", "pixel"}
     assert not set(_fft_policy.LAYOUTS) & set(_fft_policy.PATHS)
+
+
+# --------------------------------------------------------------------------------------
+# training on channels-last features: the stack's route with autograd, Converse2d's
+# channels-last autograd function (_ConverseS1CL), LayerNorm2d keeping the layout
+# --------------------------------------------------------------------------------------
+def _grads(module: nn.Module, x: torch.Tensor, weight: torch.Tensor):
+    module.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_()
+    out = module(xi)
+    (out * weight).sum().backward()
+    return out.detach(), xi.grad, [p.grad.clone() for p in module.parameters()]
+
+
+def test_stack_training_route_matches_the_planar_gradients(monkeypatch):
+    stack = _stack()
+    x = sample((2, 6, 9, 10), 91)
+    weight = sample((2, 6, 9, 10), 92)
+    monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: False)
+    seen = _spy_block_layouts(monkeypatch)
+    ref_out, ref_gx, ref_gp = _grads(stack, x, weight)
+    assert seen == [False, False]
+    monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
+    pads = BaseTester.spy(monkeypatch, _channels_last, "pad_cl")
+    seen.clear()
+    out, gx, gp = _grads(stack, x, weight)
+    assert seen == [True, True]  # every block trained on channels-last features
+    # each Converse2d padded channels-last, forward and (the adjoint of its crop) backward
+    assert len(pads) == 4 and out.is_contiguous()
+    BaseTester.assert_close(out, ref_out, torch.float64)
+    BaseTester.assert_close(gx, ref_gx, torch.float64)
+    assert len(gp) == len(ref_gp) > 10
+    for a, b in zip(gp, ref_gp):
+        BaseTester.assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate", "constant"])
+@pytest.mark.parametrize("x0", ["interp", "zero"])
+def test_converse2d_channels_last_gradcheck(monkeypatch, mode, x0):
+    """Gradients of x, the kernel and lam through the channels-last autograd function
+    against finite differences (float64); values against the dense solve."""
+    pads = BaseTester.spy(monkeypatch, _channels_last, "pad_cl")
+    x = sample((2, 3, 6, 7), 93, "channels_last").requires_grad_()
+    k = softmax_kernel(torch.Generator().manual_seed(94), 1, 3, 3, 3).requires_grad_()
+    lam = (torch.rand(1, 3, 1, 1, generator=torch.Generator().manual_seed(95), dtype=torch.float64) * 0.1
+           + 0.01).requires_grad_()
+    out = converse2d(x, k, lam, 1, 2, mode, x0)
+    assert is_cl(out) and pads
+    ref = dense_converse(x.detach().numpy(), k.detach().numpy(), lam.detach().numpy().reshape(1, 3), 1, 2, mode, x0)
+    BaseTester.assert_close(out.detach(), ref, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: converse2d(a, b, c, 1, 2, mode, x0), (x, k, lam))
+
+
+def test_converse2d_channels_last_double_backward():
+    x = sample((1, 2, 5, 6), 96, "channels_last").requires_grad_()
+    k = softmax_kernel(torch.Generator().manual_seed(97), 1, 2, 3, 3).requires_grad_()
+    lam = torch.full((1, 2, 1, 1), 0.05, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b, c: converse2d(a, b, c, 1, 2, "circular"), (x, k, lam))

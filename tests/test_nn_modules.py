@@ -219,7 +219,8 @@ def test_layernorm2d_normalises_over_channels_only():
 
 def test_layernorm2d_float64_gradcheck_and_layout():
     # analytic gradients (torch's fused layer_norm backward) against finite differences, for
-    # the input and both parameters; the output is contiguous NCHW whatever the input's layout
+    # the input and both parameters; the output takes the input's layout (contiguous NCHW,
+    # or channels-last as a convolution keeps it)
     torch.manual_seed(11)
     ln = LayerNorm2d(3, eps=1e-3).double()
     with torch.no_grad():
@@ -229,9 +230,11 @@ def test_layernorm2d_float64_gradcheck_and_layout():
     assert torch.autograd.gradcheck(
         lambda t, w, b: torch.func.functional_call(ln, {"weight": w, "bias": b}, (t,)), (x, ln.weight, ln.bias))
     assert torch.autograd.gradcheck(ln, (x,))
-    x_cl = x.detach().to(memory_format=torch.channels_last)
+    assert ln(x).is_contiguous()
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(ln, (x_cl,))
     out = ln(x_cl)
-    assert out.is_contiguous()
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     ref = layernorm2d(x.detach().numpy(), ln.weight.detach().numpy(), ln.bias.detach().numpy(), 1e-3)
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
 

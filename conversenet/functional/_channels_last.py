@@ -27,12 +27,18 @@ from . import _fft
 Pads = Tuple[int, int, int, int]  # (left, right, top, bottom), F.pad order
 
 
+def is_channels_last(y: torch.Tensor) -> bool:
+    """A 4-D tensor stored channels-last and not also contiguous (the two agree for C = 1
+    or 1x1 planes)."""
+    return y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+
+
 def applies(y: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor, scale: int, x0) -> bool:
     """Whether :func:`solve` handles this call: a CPU channels-last (and not also contiguous)
     float tensor, s = 1, one kernel and one lam for the whole batch, a small kernel,
     ``x0`` "interp" or "zero", no autograd."""
     return (y.device.type == "cpu" and scale == 1 and isinstance(x0, str) and x0 in ("interp", "zero")
-            and y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+            and is_channels_last(y)
             and weight.shape[0] == 1 and lam.shape[0] == 1
             and weight.shape[-2] * weight.shape[-1] <= _tuning.DFT_MAX_TAPS
             and not (torch.is_grad_enabled() and (y.requires_grad or weight.requires_grad or lam.requires_grad)))

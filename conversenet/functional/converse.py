@@ -380,6 +380,65 @@ class _ConverseS1(torch.autograd.Function):
         return grad_y, grad_g, None, None
 
 
+class _ConverseS1CL(torch.autograd.Function):
+    """:class:`_ConverseS1` for a channels-last y on a CPU: the same formulas with the
+    channels-last padding and transforms (:mod:`conversenet.functional._channels_last`), so
+    a channels-last network (e.g. a :class:`~conversenet.models._common.ConverseStack` in
+    training) never converts its features for the operator. g: the planar (B, C, M, W')
+    filter; the saved spectrum is (N, M, W', C). Returns a channels-last result."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+        n, c, h, w = y.shape
+        left, _, top, _ = pads
+        yp = _channels_last.pad_cl(y.permute(0, 2, 3, 1), pads, mode)
+        size = (yp.shape[1], yp.shape[2])
+        fy = _fft.rfft2_cl(yp)
+        del yp
+        need_g = ctx.needs_input_grad[1]
+        gc = g.permute(0, 2, 3, 1)                                  # (B, M, W', C) view
+        z = fy * gc if need_g else fy.mul_(gc)
+        ctx.pads, ctx.mode, ctx.y_shape, ctx.size, ctx.g_batch = pads, mode, y.shape, size, g.shape[0]
+        keep_y = need_g and ctx.needs_input_grad[0]  # for double backward only, as in _ConverseS1
+        ctx.save_for_backward(fy if need_g else None, g, y if keep_y else None)
+        full = _fft.irfft2_cl(z, size, overwrite=True)
+        del z
+        out = torch.empty(n, h, w, c, dtype=full.dtype, device=full.device)
+        out.copy_(full[:, top : top + h, left : left + w])  # dense, so the padded planes can go
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        fy, g, y = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the planar formulas, differentiable
+            return _ConverseS1.backward_differentiable(
+                ctx, grad, y, g, fy.permute(0, 3, 1, 2) if fy is not None else None)
+        hp, wp = ctx.size
+        left, _, top, _ = ctx.pads
+        n, c, h, w = ctx.y_shape
+        # adjoint of the crop: grad zero-padded (only the border is zeroed, not the whole)
+        gp = _channels_last.pad_cl(grad.permute(0, 2, 3, 1), ctx.pads, "constant")
+        gs = _fft.rfft2_cl(gp)
+        del gp
+        grad_y = grad_g = None
+        if ctx.needs_input_grad[1]:
+            if ctx.g_batch == 1:  # summed over the batch image by image: no batch-sized product
+                gz = torch.zeros_like(gs[:1])
+                for i in range(n):
+                    gz[0].addcmul_(gs[i], fy[i].conj())
+            else:
+                gz = gs * fy.conj()
+            dbl = wp - (wp // 2 + 1)
+            if dbl > 0:
+                gz[:, :, 1 : 1 + dbl] *= 2
+            grad_g = gz.div_(hp * wp).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[0]:
+            gyp = _fft.irfft2_cl(gs.mul_(g.permute(0, 2, 3, 1).conj()), (hp, wp), overwrite=True)
+            del gs
+            grad_y = _pad_adjoint(gyp.permute(0, 3, 1, 2), ctx.pads, ctx.mode, ctx.y_shape)
+        return grad_y, grad_g, None, None
+
+
 def _apply_filter(yp: torch.Tensor, g: torch.Tensor, s: int) -> torch.Tensor:
     """``irfft2(tile_s(F(yp)) * g)`` at the padded output size (no autograd shortcuts)."""
     h, w = yp.shape[-2:]
@@ -725,6 +784,8 @@ def _solve(
     if not _tracks_grad(y, g):
         return _converse_chunked(y, g, None, pads, mode, scale, x0_mode, (hp, wp), dst)
     if scale == 1:
+        if y.device.type == "cpu" and _channels_last.is_channels_last(y):
+            return _ConverseS1CL.apply(y, g, pads, mode)
         return _ConverseS1.apply(y, g, pads, mode)
     return _crop(_apply_filter(_pad4(y, pads, mode), g, scale), pads, scale, h, w)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .. import _caches, _tuning
 from ..checks import check_choice, check_int, check_int_tuple, check_positive_int, check_positive_number, lam_from_bias
 from ..functional import _fft_policy
+from ..functional._channels_last import is_channels_last as _is_channels_last
 from ..functional import converse as _fc
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
@@ -217,10 +218,12 @@ class LayerNorm2d(nn.Module):
         xf = x.float() if half else x
         # torch's fused layer_norm over the last dim of a channels-last view: with autograd
         # about 3x faster than the same formula spelt out in elementwise ops (one pass
-        # forward and backward instead of nine); the result is made contiguous again for the
+        # forward and backward instead of nine); the result takes the input's layout for the
         # 1x1 convolutions that follow
         out = F.layer_norm(xf.permute(0, 2, 3, 1), (xf.shape[1],), self.weight.to(xf.dtype),
-                           self.bias.to(xf.dtype), self.eps).permute(0, 3, 1, 2).contiguous()
+                           self.bias.to(xf.dtype), self.eps).permute(0, 3, 1, 2)
+        # a channels-last input stays so (the permuted result is channels-last already)
+        out = out if _is_channels_last(xf) else out.contiguous()
         return out.to(x.dtype) if half else out
 
 
@@ -315,11 +318,6 @@ def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tens
     return _WORKSPACE.get(name, shape, like)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """Channels-last and not also contiguous (the two agree for C = 1 or 1x1 images)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 def pixel_major_faster(x: torch.Tensor, c: int, o: int) -> bool:
     """Whether a block's 1x1 products (C -> O channels) on an input like x (N, C, H, W) run
     faster pixel-major, as (NHW, C) x (C, O) with channels-last features, than planar, as
@@ -389,7 +387,7 @@ def layer_norm_pointwise(x: torch.Tensor, norm: LayerNorm2d, conv: nn.Conv2d,
     n, c, h, w = x.shape
     if not _is_pointwise(conv, c):
         y = conv(norm(x))
-        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
     o, hw = conv.weight.shape[0], h * w
     w2 = conv.weight.reshape(o, c).to(x.dtype)
     w_fold = w2 * norm.weight.to(x.dtype)
