@@ -63,6 +63,7 @@ import torch.nn.functional as F
 
 from ._atomic import write_text_atomic
 from .functional import _fft
+from .functional._channels_last import is_channels_last as _is_channels_last
 from .checks import check_int
 from .functional.algorithm1 import algorithm1
 
@@ -110,10 +111,11 @@ class OperatorSwap(nn.Module):
     def forward(self, x: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
         m = self.layer
         s, p = m.scale, m.padding
-        if self.operator != "free":
+        if self.operator != "free" and _is_channels_last(x):
             # the baseline and the floor see a contiguous input, as they did before converse
-            # blocks kept their features channels-last (conversenet.nn.converse.pixel_major_faster)
-            x = x.contiguous()
+            # blocks kept their features channels-last (conversenet.nn.converse.pixel_major_faster),
+            # and give back the layout they were given, as Converse2d does
+            return self.forward(x.contiguous(), kernel).contiguous(memory_format=torch.channels_last)
         if self.operator == "baseline":
             weight = m.weight if kernel is None else kernel
             return baseline_converse2d(x, weight, m.lam, s, p, m.padding_mode, m.x0)

@@ -899,19 +899,39 @@ def _grads(module: nn.Module, x: torch.Tensor, weight: torch.Tensor):
     return out.detach(), xi.grad, [p.grad.clone() for p in module.parameters()]
 
 
-def test_stack_training_route_matches_the_planar_gradients(monkeypatch):
+def _spy_recomputed_layouts(monkeypatch):
+    from conversenet.models import _common
+
+    seen = []
+    original = _common._block_recomputed
+
+    def wrapper(block, x):
+        seen.append(is_cl(x))
+        return original(block, x)
+
+    monkeypatch.setattr(_common, "_block_recomputed", wrapper)
+    return seen
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_stack_training_route_matches_the_planar_gradients(monkeypatch, recompute):
     stack = _stack()
     x = sample((2, 6, 9, 10), 91)
     weight = sample((2, 6, 9, 10), 92)
+    # reference: planar features, every activation kept (a plain Sequential)
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: False)
+    stack.recompute = False
     seen = _spy_block_layouts(monkeypatch)
     ref_out, ref_gx, ref_gp = _grads(stack, x, weight)
     assert seen == [False, False]
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
+    stack.recompute = recompute
     pads = BaseTester.spy(monkeypatch, _channels_last, "pad_cl")
+    recomputed = _spy_recomputed_layouts(monkeypatch)
     seen.clear()
     out, gx, gp = _grads(stack, x, weight)
-    assert seen == [True, True]  # every block trained on channels-last features
+    # every block trained on channels-last features, recomputed or called as a module
+    assert (recomputed, seen) == (([True, True], []) if recompute else ([], [True, True]))
     # each Converse2d padded channels-last, forward and (the adjoint of its crop) backward
     assert len(pads) == 4 and out.is_contiguous()
     BaseTester.assert_close(out, ref_out, torch.float64)
@@ -919,6 +939,37 @@ def test_stack_training_route_matches_the_planar_gradients(monkeypatch):
     assert len(gp) == len(ref_gp) > 10
     for a, b in zip(gp, ref_gp):
         BaseTester.assert_close(a, b, torch.float64)
+
+
+def _saved_bytes(stack: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward after stack(x)."""
+    kept = {}
+
+    def pack(t):
+        kept[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = stack(x.clone().requires_grad_())
+    out.sum().backward()
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("pm", [False, True])
+def test_stack_recompute_keeps_fewer_activations(monkeypatch, pm):
+    monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: pm)
+    stack = _stack()
+    x = sample((2, 6, 16, 16), 98)
+    stack.recompute = False
+    full = _saved_bytes(stack, x)
+    stack.recompute = True
+    lean = _saved_bytes(stack, x)
+    # per block the GELU->1x1 tail input and the pointwise branch's input are kept instead
+    # of five activations (of 6 or 12 channels)
+    assert lean < 0.8 * full, (lean, full)
+    # and with a hook on a block, every activation is kept (the hook sees the plain forward)
+    stack[0].register_forward_hook(lambda m, i, o: None)
+    assert _saved_bytes(stack, x) == full
 
 
 @pytest.mark.parametrize("mode", ["circular", "reflect", "replicate", "constant"])
