@@ -932,8 +932,9 @@ def test_stack_training_route_matches_the_planar_gradients(monkeypatch, recomput
     out, gx, gp = _grads(stack, x, weight)
     # every block trained on channels-last features, recomputed or called as a module
     assert (recomputed, seen) == (([True, True], []) if recompute else ([], [True, True]))
-    # each Converse2d padded channels-last, forward and (the adjoint of its crop) backward
-    assert len(pads) == 4 and out.is_contiguous()
+    # each Converse2d padded channels-last: forward; backward the adjoint of its crop and
+    # its input again (the spectrum is recomputed, not kept)
+    assert len(pads) == 6 and out.is_contiguous()
     BaseTester.assert_close(out, ref_out, torch.float64)
     BaseTester.assert_close(gx, ref_gx, torch.float64)
     assert len(gp) == len(ref_gp) > 10

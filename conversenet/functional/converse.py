@@ -385,7 +385,8 @@ class _ConverseS1CL(torch.autograd.Function):
     channels-last padding and transforms (:mod:`conversenet.functional._channels_last`), so
     a channels-last network (e.g. a :class:`~conversenet.models._common.ConverseStack` in
     training) never converts its features for the operator. g: the planar (B, C, M, W')
-    filter; the saved spectrum is (N, M, W', C). Returns a channels-last result."""
+    filter. Saves y (not its spectrum) when the filter needs a gradient. Returns a
+    channels-last result."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
@@ -395,24 +396,25 @@ class _ConverseS1CL(torch.autograd.Function):
         size = (yp.shape[1], yp.shape[2])
         fy = _fft.rfft2_cl(yp)
         del yp
+        # the filter gradient needs rfft2 of the padded input: y is kept instead (real and
+        # unpadded, about 3/4 of the spectrum's bytes at 64 x 64 + 4) and transformed again
+        # in backward, one more FFT for a smaller saved state (the channels-last route is the
+        # training path of ConverseStack, where memory is the tighter limit)
         need_g = ctx.needs_input_grad[1]
-        gc = g.permute(0, 2, 3, 1)                                  # (B, M, W', C) view
-        z = fy * gc if need_g else fy.mul_(gc)
+        z = fy.mul_(g.permute(0, 2, 3, 1))                           # (B, M, W', C) view of g
         ctx.pads, ctx.mode, ctx.y_shape, ctx.size, ctx.g_batch = pads, mode, y.shape, size, g.shape[0]
-        keep_y = need_g and ctx.needs_input_grad[0]  # for double backward only, as in _ConverseS1
-        ctx.save_for_backward(fy if need_g else None, g, y if keep_y else None)
+        ctx.save_for_backward(None, g, y if need_g else None)
         full = _fft.irfft2_cl(z, size, overwrite=True)
-        del z
+        del z, fy
         out = torch.empty(n, h, w, c, dtype=full.dtype, device=full.device)
         out.copy_(full[:, top : top + h, left : left + w])  # dense, so the padded planes can go
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        fy, g, y = ctx.saved_tensors
+        _, g, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the planar formulas, differentiable
-            return _ConverseS1.backward_differentiable(
-                ctx, grad, y, g, fy.permute(0, 3, 1, 2) if fy is not None else None)
+            return _ConverseS1.backward_differentiable(ctx, grad, y, g, None)
         hp, wp = ctx.size
         left, _, top, _ = ctx.pads
         n, c, h, w = ctx.y_shape
@@ -422,6 +424,7 @@ class _ConverseS1CL(torch.autograd.Function):
         del gp
         grad_y = grad_g = None
         if ctx.needs_input_grad[1]:
+            fy = _fft.rfft2_cl(_channels_last.pad_cl(y.permute(0, 2, 3, 1), ctx.pads, ctx.mode))
             if ctx.g_batch == 1:  # summed over the batch image by image: no batch-sized product
                 gz = torch.zeros_like(gs[:1])
                 for i in range(n):
