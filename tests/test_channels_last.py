@@ -584,16 +584,21 @@ def test_layer_norm_pointwise_falls_back_for_other_convs(cl_out):
 # --------------------------------------------------------------------------------------
 # h. ConverseStack
 # --------------------------------------------------------------------------------------
-def _spy_block_layouts(monkeypatch):
+def _spy_layouts(monkeypatch, owner, name: str):
+    """Records, for each call of ``owner.name(a, x)``, whether x is channels-last."""
     seen = []
-    original = ConverseBlock.forward
+    original = getattr(owner, name)
 
-    def forward(self, x):
+    def wrapper(a, x):
         seen.append(is_cl(x))
-        return original(self, x)
+        return original(a, x)
 
-    monkeypatch.setattr(ConverseBlock, "forward", forward)
+    monkeypatch.setattr(owner, name, wrapper)
     return seen
+
+
+def _spy_block_layouts(monkeypatch):
+    return _spy_layouts(monkeypatch, ConverseBlock, "forward")
 
 
 def _stack(spatial="converse", num_blocks=2, residual_scale=True, seed=71):
@@ -902,15 +907,7 @@ def _grads(module: nn.Module, x: torch.Tensor, weight: torch.Tensor):
 def _spy_recomputed_layouts(monkeypatch):
     from conversenet.models import _common
 
-    seen = []
-    original = _common._block_recomputed
-
-    def wrapper(block, x):
-        seen.append(is_cl(x))
-        return original(block, x)
-
-    monkeypatch.setattr(_common, "_block_recomputed", wrapper)
-    return seen
+    return _spy_layouts(monkeypatch, _common, "_block_recomputed")
 
 
 @pytest.mark.parametrize("recompute", [False, True])
