@@ -403,7 +403,7 @@ class _ConverseS1CL(torch.autograd.Function):
         need_g = ctx.needs_input_grad[1]
         z = fy.mul_(g.permute(0, 2, 3, 1))                           # (B, M, W', C) view of g
         ctx.pads, ctx.mode, ctx.y_shape, ctx.size, ctx.g_batch = pads, mode, y.shape, size, g.shape[0]
-        ctx.save_for_backward(None, g, y if need_g else None)
+        ctx.save_for_backward(g, y if need_g else None)
         full = _fft.irfft2_cl(z, size, overwrite=True)
         del z, fy
         out = torch.empty(n, h, w, c, dtype=full.dtype, device=full.device)
@@ -412,7 +412,7 @@ class _ConverseS1CL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        _, g, y = ctx.saved_tensors
+        g, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the planar formulas, differentiable
             return _ConverseS1.backward_differentiable(ctx, grad, y, g, None)
         hp, wp = ctx.size
