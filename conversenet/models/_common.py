@@ -73,8 +73,8 @@ class ConverseStack(nn.Sequential):
         pointwise branch (LayerNorm -> 1x1 -> GELU -> 1x1) and the GELU -> 1x1 tail of its
         Converse2d branch run under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant),
         i.e. they are recomputed in backward from their inputs. For Converse-DnCNN's training
-        step (16 x 1 x 64 x 64) that kept about 150 MB instead of about 310 MB per block, for
-        about 10 % more time."""
+        step (16 x 1 x 64 x 64) the live peak went from 6.3 to 4.1 GB, for the time of running
+        those parts forward once more (docs/PERFORMANCE.md, run Z3)."""
         if not (self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and not _hooked(*self.modules())):
             return super().forward(x)
