@@ -83,39 +83,6 @@ def pad_cl(y: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     return out
 
 
-def _filter_factors(weight: torch.Tensor, size: Tuple[int, int]):
-    """(lm, a, b): Re FK = lm @ a and Im conj(FK) = lm @ b, each (M, N' C), for the s = 1
-    filter in channels-last order (see :func:`filter_cl`)."""
-    from .converse import _cos_sin_matrix  # the same exact-phase tables as the planar filter
-
-    m, n = size
-    _, c, kh, kw = weight.shape
-    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    k = weight.detach().to(dt)[0]                                 # (C, kh, kw)
-    lm = _cos_sin_matrix(m, kh, m, weight.device, dt)             # (M, 2kh)  [Cos | Sin]
-    ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)    # (N', 2kw) [Cos' | Sin']
-    nq = n // 2 + 1
-    both = torch.cat([ln[:, :kw], ln[:, kw:]], dim=0)             # (2N', kw): Cos' over Sin'
-    kcs = torch.matmul(k, both.transpose(0, 1))                   # (C, kh, 2N'): K Cos'^T | K Sin'^T
-    kcs = kcs.permute(1, 2, 0)                                    # (kh, 2N', C)
-    kc, ks = kcs[:, :nq], kcs[:, nq:]
-    a = torch.cat([kc, ks.neg()], dim=0).reshape(2 * kh, nq * c)  # pairs with [Cos | Sin]
-    b = torch.cat([ks, kc], dim=0).reshape(2 * kh, nq * c)
-    return lm, a, b
-
-
-def _filter_rows(lm: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, x0: str,
-                 nq: int) -> torch.Tensor:
-    """The filter on the rows of ``lm`` (R, 2kh): complex (R, N', C); lam: (C,)."""
-    r, c = lm.shape[0], lam.shape[0]
-    re = torch.matmul(lm, a).view(r, nq, c)                       # Re FK
-    im = torch.matmul(lm, b).view(r, nq, c)                       # Im conj(FK)
-    inv = torch.addcmul(lam, re, re).addcmul_(im, im).reciprocal_()
-    if x0 != "zero":
-        re.add_(lam)
-    return torch.complex(re.mul_(inv), im.mul_(inv))
-
-
 def filter_cl(weight: torch.Tensor, lam: torch.Tensor, size: Tuple[int, int], x0: str) -> torch.Tensor:
     """The s = 1 filter in (M, N//2+1, C) order, complex, from real matrix products.
 
@@ -124,9 +91,23 @@ def filter_cl(weight: torch.Tensor, lam: torch.Tensor, size: Tuple[int, int], x0
     ``FK = (Cos_M K Cos_N^T - Sin_M K Sin_N^T) - i (Sin_M K Cos_N^T + Cos_M K Sin_N^T)``; the
     inner products are (kh, N', C) arrays and the outer ones single (M, 2kh) x (2kh, N' C)
     products, so FK comes out channels-last. G = (conj(FK) + lam) / (|FK|^2 + lam), lam
-    dropped from the numerator for x0 = "zero"."""
-    lm, a, b = _filter_factors(weight, size)
-    return _filter_rows(lm, a, b, lam.detach().to(a.dtype).reshape(-1), x0, size[1] // 2 + 1)
+    dropped from the numerator for x0 = "zero" (the planar filter's own arithmetic)."""
+    # the same exact-phase tables and filter arithmetic as the planar filter
+    from .converse import _cos_sin_matrix, _filter_from_parts
+
+    m, n = size
+    _, c, kh, kw = weight.shape
+    nq = n // 2 + 1
+    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    k = weight.detach().to(dt)[0]                                 # (C, kh, kw)
+    lm = _cos_sin_matrix(m, kh, m, weight.device, dt)             # (M, 2kh)  [Cos | Sin]
+    ln = _cos_sin_matrix(n, kw, nq, weight.device, dt)            # (N', 2kw) [Cos' | Sin']
+    both = torch.cat([ln[:, :kw], ln[:, kw:]], dim=0)             # (2N', kw): Cos' over Sin'
+    kcs = torch.matmul(k, both.transpose(0, 1)).permute(1, 2, 0)  # (kh, 2N', C): K Cos'^T | K Sin'^T
+    kc, ks = kcs[:, :nq], kcs[:, nq:]
+    re = torch.matmul(lm, torch.cat([kc, ks.neg()], dim=0).reshape(2 * kh, nq * c)).view(m, nq, c)  # Re FK
+    im = torch.matmul(lm, torch.cat([ks, kc], dim=0).reshape(2 * kh, nq * c)).view(m, nq, c)  # Im conj(FK)
+    return _filter_from_parts(re, im, lam.detach().to(dt).reshape(c), x0)
 
 
 def solve(y: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor, pads: Pads, mode: str, x0: str,

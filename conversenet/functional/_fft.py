@@ -207,8 +207,10 @@ def available(t: torch.Tensor, h: int) -> Tuple[str, ...]:
     return tuple(out)
 
 
-def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
-    paths = available(t, h)
+def _settled(t: torch.Tensor, paths: Tuple[str, ...], path: Optional[str]) -> Optional[str]:
+    """The implementation when nothing is to be measured: ``path`` if given (checked against
+    ``paths``), torch.fft for tiny transforms, single choices and torch.compile traces (no
+    timing inside a trace); None when the policy decides."""
     if path is not None:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -216,7 +218,15 @@ def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
             raise ValueError(f"path {path!r} does not apply here (available: {paths})")
         return path
     if len(paths) == 1 or t.numel() < _tuning.FFT_MIN_MEASURED or torch.compiler.is_compiling():
-        return "torch"  # tiny transforms; and no timing inside a torch.compile trace
+        return "torch"
+    return None
+
+
+def _pick(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
+    paths = available(t, h)
+    settled = _settled(t, paths, path)
+    if settled is not None:
+        return settled
     grad = torch.is_grad_enabled() and t.requires_grad
     dtype = _REAL.get(t.dtype, t.dtype)
     planes = t.numel() // (t.shape[-1] * t.shape[-2])
@@ -301,12 +311,9 @@ _IRFFT2_CL: Dict[str, Callable] = {
 
 def _pick_cl(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> str:
     paths = tuple(p for p in available(t, h) if p in _RFFT2_CL)
-    if path is not None:
-        if path not in paths:
-            raise ValueError(f"path {path!r} does not apply here (available: {paths})")
-        return path
-    if len(paths) == 1 or t.numel() < _tuning.FFT_MIN_MEASURED or torch.compiler.is_compiling():
-        return "torch"
+    settled = _settled(t, paths, path)
+    if settled is not None:
+        return settled
     dtype = _REAL.get(t.dtype, t.dtype)
     planes = t.shape[0] * t.shape[3]
 

@@ -243,7 +243,13 @@ def _filter_s1_real(weight: torch.Tensor, lam: torch.Tensor, big: Tuple[int, int
     ks = torch.matmul(k, ln[:, kw:].transpose(0, 1))             # K S'^T
     re = torch.matmul(lm, torch.cat([kc, ks.neg()], dim=-2))     # C K C' - S K S'   = Re FK
     im = torch.matmul(lm, torch.cat([ks, kc], dim=-2))           # S K C' + C K S'   = Im conj(FK)
-    lam = lam.to(dt)
+    return _filter_from_parts(re, im, lam.to(dt), x0)
+
+
+def _filter_from_parts(re: torch.Tensor, im: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
+    """``G = (conj(FK) + lam) / (|FK|^2 + lam)`` (``lam`` dropped from the numerator for
+    x0 = "zero") from ``re`` = Re FK and ``im`` = Im conj(FK), both overwritten; ``lam``
+    broadcasts against them. Complex result."""
     inv = torch.addcmul(lam, re, re).addcmul_(im, im).reciprocal_()
     if x0 != "zero":
         re.add_(lam)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..checks import check_image, check_pos_int
 from ..nn import ConverseBlock
+from ..nn.converse import _is_pointwise, hooked
 from ..functional._channels_last import is_channels_last as _is_channels_last
 
 __all__ = ["check_pos_int", "check_image", "block_stack", "BlockStack", "ConverseStack", "gelu_fresh", "pointwise"]
@@ -76,7 +77,7 @@ class ConverseStack(nn.Sequential):
         step (16 x 1 x 64 x 64) the live peak went from 6.3 to 4.1 GB, for the time of running
         those parts forward once more (docs/PERFORMANCE.md, run Z3)."""
         if not (self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and not _hooked(*self.modules())):
+                and not hooked(*self.modules())):
             return super().forward(x)
         for block in self:
             x = _block_recomputed(block, x) if type(block) is ConverseBlock else block(x)
@@ -104,14 +105,6 @@ def _block_recomputed(block: ConverseBlock, x: torch.Tensor) -> torch.Tensor:
     return x + (h if block.alpha2 is None else block.alpha2 * h)
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether forward hooks (global, or on one of ``modules``) could see these modules' tensors."""
-    from torch.nn.modules import module as _m  # torch has no public reader of the global hooks
-    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
 def _inference(x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.device.type == "cpu"
 
@@ -122,7 +115,7 @@ def gelu_fresh(act: nn.Module, x: torch.Tensor, producer: nn.Module) -> torch.Te
     large allocation whose page faults cost several times the GELU itself (at 64 x 512 x 512,
     25 ms against 4.4 ms in place on an AMD EPYC)."""
     if (_inference(x) and type(act) is nn.GELU and act.approximate == "none" and x.is_floating_point()
-            and not _hooked(act, producer)):
+            and not hooked(act, producer)):
         return torch.ops.aten.gelu_(x)
     return act(x)
 
@@ -133,9 +126,7 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     the product in 8 ms, on an AMD EPYC)."""
     n, c = x.shape[:2]
     if not (_inference(x) and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
-            and isinstance(conv, nn.Conv2d) and conv.weight.shape[1:] == (c, 1, 1) and conv.groups == 1
-            and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
-            and conv.padding_mode == "zeros" and not _hooked(conv)):
+            and _is_pointwise(conv, c) and not hooked(conv)):
         return conv(x)
     # detached: torch.matmul ran 9x slower with a view of a parameter (even under no_grad)
     w = conv.weight.detach().reshape(conv.weight.shape[0], c).to(x.dtype)

@@ -232,6 +232,16 @@ def _autocast_on(x: torch.Tensor) -> bool:
     return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
 
 
+def hooked(*modules: nn.Module) -> bool:
+    """Whether forward hooks (global, or on one of ``modules``) would see these modules'
+    tensors: fused paths that skip calling the modules one by one then step aside."""
+    # torch has no public API that reads the global hooks (only one that adds them)
+    from torch.nn.modules import module as _m
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def _is_pointwise(conv: nn.Module, c: int) -> bool:
     return (isinstance(conv, nn.Conv2d) and conv.weight.shape[1:] == (c, 1, 1) and conv.groups == 1
             and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
@@ -524,11 +534,7 @@ class ConverseBlock(nn.Module):
     def _submodule_hooks(self) -> bool:
         """Hooks on the layers inside see their tensors; the fused path neither calls those
         layers one by one nor keeps their tensors intact (workspace, in-place GELU)."""
-        # torch has no public API that reads the global hooks (only one that adds them)
-        from torch.nn.modules import module as _m
-        if _m._global_forward_hooks or _m._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
+        return hooked(*(m for m in self.modules() if m is not self))
 
     def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: the same arithmetic with fewer memory passes and fresh buffers (which
