@@ -35,7 +35,7 @@ def test_every_lru_cache_of_the_package_is_listed():
                 assert obj.cache_info().maxsize is not None, f"{mod.__name__}.{name} is unbounded"
     listed = {id(obj) for c in _caches.CACHES.values() for obj in c.objects}
     assert found and set(found) <= listed, sorted(found[i] for i in set(found) - listed)
-    assert {"converse2d-filters", "block-workspace", "fft-policy", "restore-models",
+    assert {"converse2d-filters", "workspace", "fft-policy", "restore-models",
             "restore-memory-estimates"} <= set(_caches.CACHES)
 
 
@@ -49,7 +49,7 @@ def test_clear_caches_frees_everything_and_results_do_not_change():
     with torch.no_grad():
         first = (layer(x), block(xb), converse2d(x, torch.rand(1, 4, 3, 3, generator=gen), 0.1, 2, 2))
     held = {c["name"]: c["entries"] for c in conversenet.caches()}
-    for name in ("converse2d-filters", "block-workspace", "solver-tables", "upsolve-tables"):
+    for name in ("converse2d-filters", "workspace", "solver-tables", "upsolve-tables"):
         assert held[name] > 0, name
     assert all({"name", "holds", "bound", "entries"} <= set(c) for c in conversenet.caches())
 
@@ -80,10 +80,10 @@ def test_workspace_of_every_thread_is_freed():
         done.wait(30)
         with torch.no_grad():
             block(xb)
-        entries = next(c["entries"] for c in conversenet.caches() if c["name"] == "block-workspace")
+        entries = next(c["entries"] for c in conversenet.caches() if c["name"] == "workspace")
         assert entries >= 4  # this thread's and the worker's
         conversenet.clear_caches()
-        assert next(c["entries"] for c in conversenet.caches() if c["name"] == "block-workspace") == 0
+        assert next(c["entries"] for c in conversenet.caches() if c["name"] == "workspace") == 0
     finally:
         release.set()
         t.join()

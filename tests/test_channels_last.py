@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from _reference import NP_PAD, dense_converse, layernorm2d, softmax_kernel
 from _tester import BaseTester
 from conversenet import _tuning, models
+from conversenet.functional import _workspace as _ws
 from conversenet.functional import _channels_last, _fft, _fft_policy, converse2d
 from conversenet.models._common import ConverseStack, block_stack, gelu_fresh, pointwise
 from conversenet.nn import Converse2d, ConverseBlock, LayerNorm2d
@@ -327,6 +328,27 @@ class TestChannelsLastFFT(BaseTester):
             back = _fft.irfft2_cl(spec.contiguous(), shape[1:3], path=path)
         assert spec.is_contiguous() and back.is_contiguous()
 
+    @pytest.mark.parametrize("path", CL_PATHS)
+    def test_out_buffers(self, path):
+        """ducc0 writes into the given buffers and returns them; the others return new tensors;
+        the values are the same either way; unfit buffers are refused."""
+        shape = FFT_SHAPES[3]
+        x = torch.randn(*shape, dtype=torch.float64)
+        _cl_path_or_skip(x, shape[1], path)
+        spec_out = torch.empty(shape[0], shape[1], shape[2] // 2 + 1, shape[3], dtype=torch.complex128)
+        real_out = torch.empty(*shape, dtype=torch.float64)
+        with torch.no_grad():
+            spec = _fft.rfft2_cl(x, path=path, out=spec_out)
+            back = _fft.irfft2_cl(spec.clone(), shape[1:3], path=path, overwrite=True, out=real_out)
+        assert (spec is spec_out, back is real_out) == ((True, True) if path == "ducc" else (False, False))
+        ref = np.fft.rfft2(x.numpy(), axes=(1, 2))
+        assert np.abs(spec.numpy() - ref).max() <= 1e-12 * np.abs(ref).max()
+        assert np.abs(back.numpy() - x.numpy()).max() <= 1e-12
+        with pytest.raises(ValueError, match="out must be"):
+            _fft.rfft2_cl(x, path=path, out=spec_out[..., :-1])
+        with pytest.raises(ValueError, match="out must be"):
+            _fft.irfft2_cl(spec, shape[1:3], path=path, out=real_out.float())
+
     def test_tiny_inputs_take_torch_without_measuring(self, monkeypatch):
         monkeypatch.delenv(_fft_policy.ENV, raising=False)
         measured = self.spy(monkeypatch, _fft_policy, "_measure")
@@ -371,6 +393,55 @@ def test_pad_cl_equals_f_pad_and_numpy(mode, pads):
     ref_np = np_pad(y.permute(0, 3, 1, 2).numpy(), pads, mode).transpose(0, 2, 3, 1)
     assert np.array_equal(out.numpy(), ref_np)
     assert torch.equal(y, y_copy)
+
+
+def test_pad_cl_into_out_and_bad_out():
+    y = torch.randn(2, 5, 6, 3, dtype=torch.float64)
+    out = torch.full((2, 8, 7, 3), float("nan"), dtype=torch.float64)
+    got = _channels_last.pad_cl(y, (1, 0, 2, 1), "reflect", out=out)
+    assert got is out
+    assert torch.equal(out, F.pad(y.permute(0, 3, 1, 2), (1, 0, 2, 1), mode="reflect").permute(0, 2, 3, 1))
+    for bad in (torch.empty(2, 8, 7, 4, dtype=torch.float64), torch.empty(2, 8, 7, 3),
+                torch.empty(2, 3, 7, 8, dtype=torch.float64).permute(0, 2, 3, 1)):
+        with pytest.raises(ValueError, match="out must be"):
+            _channels_last.pad_cl(y, (1, 0, 2, 1), "reflect", out=bad)
+
+
+def _np_pad_adjoint(gp: np.ndarray, pads, mode: str, h: int, w: int) -> np.ndarray:
+    """Naive adjoint of padding: each padded position's value added to the input position
+    it copies, found by padding one-hot images with numpy (N, H', W', C) -> (N, H, W, C)."""
+    left, right, top, bottom = pads
+    out = np.zeros((gp.shape[0], h, w, gp.shape[3]))
+    for i in range(h):
+        for j in range(w):
+            onehot = np.zeros((h, w))
+            onehot[i, j] = 1.0
+            padded = np_pad(onehot[None, None], pads, mode)[0, 0]   # (H', W'): where (i, j) lands
+            out[:, i, j] = np.einsum("pq,npqc->nc", padded, gp)
+    return out
+
+
+@pytest.mark.parametrize("pads", [(1, 3, 2, 0), (0, 2, 3, 1), (4, 1, 0, 5), (2, 2, 2, 2), (5, 5, 6, 6)])
+@pytest.mark.parametrize("mode", MODES)
+def test_pad_adjoint_cl_is_the_adjoint_of_pad_cl(mode, pads):
+    """Against a naive one-hot reference and against autograd through F.pad; pads up to the
+    whole size (7 x 6 image, 6 rows: reflect needs padding < size, so it skips that case)."""
+    h, w = 7, 6
+    if mode == "reflect" and (max(pads[2:]) >= h or max(pads[:2]) >= w):
+        pytest.skip("reflect padding must be smaller than the size")
+    gen = torch.Generator().manual_seed(22)
+    left, right, top, bottom = pads
+    gp = torch.randn(2, h + top + bottom, w + left + right, 3, generator=gen, dtype=torch.float64)
+    ref = _np_pad_adjoint(gp.numpy(), pads, mode, h, w)
+    y = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    F.pad(y, pads, mode=mode).backward(gp.permute(0, 3, 1, 2))
+    got = _channels_last.pad_adjoint_cl(gp.clone(), pads, mode)
+    assert got.shape == (2, h, w, 3) and got.is_contiguous()
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), y.grad.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-12)
+    out = torch.empty(2, h, w, 3, dtype=torch.float64)
+    assert _channels_last.pad_adjoint_cl(gp.clone(), pads, mode, out=out) is out
+    assert torch.equal(out, got)
 
 
 # --------------------------------------------------------------------------------------
@@ -494,7 +565,7 @@ def test_block_fused_path_through_the_workspace_at_changing_sizes(monkeypatch):
     untouched; no buffer reallocated by the smaller calls."""
     monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1)
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
-    _nc.clear_workspace()
+    _ws.clear_workspace()
     try:
         block = _block(True, seed=53, train=False)
         gen = torch.Generator().manual_seed(54)
@@ -509,13 +580,13 @@ def test_block_fused_path_through_the_workspace_at_changing_sizes(monkeypatch):
                 outs.append(block(x))
             assert_layout_like(outs[-1], x)
             if ptrs is None:
-                ptrs = {name: b.data_ptr() for name, b in _nc._WORKSPACE.bufs.items()}
+                ptrs = {name: b.data_ptr() for name, b in _ws._WORKSPACE.bufs.items()}
                 assert {"hidden", "work", "residual", "spatial"} <= set(ptrs)
-        assert {name: b.data_ptr() for name, b in _nc._WORKSPACE.bufs.items()} == ptrs
+        assert {name: b.data_ptr() for name, b in _ws._WORKSPACE.bufs.items()} == ptrs
         for out, ref in zip(outs, refs):
             BaseTester.assert_close(out, ref, torch.float64)
     finally:
-        _nc.clear_workspace()
+        _ws.clear_workspace()
 
 
 # --------------------------------------------------------------------------------------
@@ -786,45 +857,45 @@ def test_gelu_fresh_falls_back(where):
 # --------------------------------------------------------------------------------------
 def test_workspace_views_of_one_flat_buffer(monkeypatch):
     monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1)
-    _nc.clear_workspace()
+    _ws.clear_workspace()
     try:
         like = torch.zeros(1, dtype=torch.float64)
-        big = _nc._buffer("t", (4, 5, 6), like)
+        big = _ws.buffer("t", (4, 5, 6), like)
         assert big.shape == (4, 5, 6) and big.dtype == torch.float64 and big.is_contiguous()
-        flat = _nc._WORKSPACE.bufs["t"]
+        flat = _ws._WORKSPACE.bufs["t"]
         assert flat.numel() == 120
-        small = _nc._buffer("t", (3, 7), like)  # smaller: a view, no reallocation
+        small = _ws.buffer("t", (3, 7), like)  # smaller: a view, no reallocation
         assert small.shape == (3, 7) and small.is_contiguous()
-        assert small.data_ptr() == big.data_ptr() and _nc._WORKSPACE.bufs["t"] is flat
-        other = _nc._buffer("u", (2, 2), like)  # another name: its own buffer
-        assert set(_nc._WORKSPACE.bufs) == {"t", "u"} and other.data_ptr() != big.data_ptr()
-        larger = _nc._buffer("t", (11, 13), like)  # larger: reallocated (big is still alive)
-        assert larger.shape == (11, 13) and _nc._WORKSPACE.bufs["t"].numel() == 143
+        assert small.data_ptr() == big.data_ptr() and _ws._WORKSPACE.bufs["t"] is flat
+        other = _ws.buffer("u", (2, 2), like)  # another name: its own buffer
+        assert set(_ws._WORKSPACE.bufs) == {"t", "u"} and other.data_ptr() != big.data_ptr()
+        larger = _ws.buffer("t", (11, 13), like)  # larger: reallocated (big is still alive)
+        assert larger.shape == (11, 13) and _ws._WORKSPACE.bufs["t"].numel() == 143
         assert larger.data_ptr() != big.data_ptr()
-        again = _nc._buffer("t", (5, 6), like)
+        again = _ws.buffer("t", (5, 6), like)
         assert again.data_ptr() == larger.data_ptr()
-        single = _nc._buffer("t", (2, 3), like.float())  # another dtype: reallocated
-        assert single.dtype == torch.float32 and _nc._WORKSPACE.bufs["t"].dtype == torch.float32
+        single = _ws.buffer("t", (2, 3), like.float())  # another dtype: reallocated
+        assert single.dtype == torch.float32 and _ws._WORKSPACE.bufs["t"].dtype == torch.float32
         assert single.data_ptr() != larger.data_ptr()
-        assert len(_nc._WORKSPACE) >= 2
-        _nc.clear_workspace()
-        assert not _nc._WORKSPACE.bufs
+        assert len(_ws._WORKSPACE) >= 2
+        _ws.clear_workspace()
+        assert not _ws._WORKSPACE.bufs
     finally:
-        _nc.clear_workspace()
+        _ws.clear_workspace()
 
 
 def test_workspace_threshold_keeps_small_tensors_out(monkeypatch):
     monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 100)
-    _nc.clear_workspace()
+    _ws.clear_workspace()
     try:
         like = torch.zeros(1)
-        a = _nc._buffer("t", (3, 3), like)
-        b = _nc._buffer("t", (3, 3), like)
-        assert not _nc._WORKSPACE.bufs and a.data_ptr() != b.data_ptr()
-        _nc._buffer("t", (10, 10), like)
-        assert set(_nc._WORKSPACE.bufs) == {"t"}
+        a = _ws.buffer("t", (3, 3), like)
+        b = _ws.buffer("t", (3, 3), like)
+        assert not _ws._WORKSPACE.bufs and a.data_ptr() != b.data_ptr()
+        _ws.buffer("t", (10, 10), like)
+        assert set(_ws._WORKSPACE.bufs) == {"t"}
     finally:
-        _nc.clear_workspace()
+        _ws.clear_workspace()
 
 
 # --------------------------------------------------------------------------------------
@@ -985,6 +1056,70 @@ def test_converse2d_channels_last_gradcheck(monkeypatch, mode, x0):
     ref = dense_converse(x.detach().numpy(), k.detach().numpy(), lam.detach().numpy().reshape(1, 3), 1, 2, mode, x0)
     BaseTester.assert_close(out.detach(), ref, torch.float64)
     assert torch.autograd.gradcheck(lambda a, b, c: converse2d(a, b, c, 1, 2, mode, x0), (x, k, lam))
+
+
+def test_converse2d_channels_last_autograd_through_the_workspace(monkeypatch):
+    """Forward and backward take their padded planes and spectra from the workspace: the
+    same buffers on a second call (no reallocation), and results that do not alias them
+    (a second call leaves the first call's output and gradients intact)."""
+    monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1)
+    _ws.clear_workspace()
+    try:
+        gen = torch.Generator().manual_seed(99)
+        k = softmax_kernel(gen, 1, 3, 3, 3).requires_grad_()
+        lam = torch.full((1, 3, 1, 1), 0.05, dtype=torch.float64, requires_grad=True)
+        xs = [sample((2, 3, 6, 7), s, "channels_last").requires_grad_() for s in (100, 101)]
+        ws = [sample((2, 3, 6, 7), s) for s in (102, 103)]
+        results, ptrs = [], None
+        for x, wt in zip(xs, ws):
+            out = converse2d(x, k, lam, 1, 2, "circular")
+            (out * wt).sum().backward()
+            results.append((out.detach(), x.grad, k.grad.clone(), lam.grad.clone()))
+            k.grad = lam.grad = None
+            if ptrs is None:
+                ptrs = {name: b.data_ptr() for name, b in _ws._WORKSPACE.bufs.items()}
+                assert {"cl-pad", "cl-spec", "cl-spec2"} <= set(ptrs)
+        assert {name: b.data_ptr() for name, b in _ws._WORKSPACE.bufs.items()} == ptrs
+        for (out, gx, gk, gl), x, wt in zip(results, xs, ws):
+            xd = x.detach().clone().requires_grad_()
+            kd, ld = k.detach().clone().requires_grad_(), lam.detach().clone().requires_grad_()
+            monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1 << 40)  # reference: fresh tensors
+            ref = converse2d(xd, kd, ld, 1, 2, "circular")
+            (ref * wt).sum().backward()
+            monkeypatch.setattr(_tuning, "WORKSPACE_MIN_ELEMS", 1)
+            for a, b in ((out, ref), (gx, xd.grad), (gk, kd.grad), (gl, ld.grad)):
+                BaseTester.assert_close(a, b.detach(), torch.float64)
+        ref0 = dense_converse(xs[0].detach().numpy(), k.detach().numpy(), lam.detach().numpy().reshape(1, 3), 1, 2,
+                              "circular", "interp")
+        BaseTester.assert_close(results[0][0], ref0, torch.float64)
+    finally:
+        _ws.clear_workspace()
+
+
+def test_stack_hands_channels_last_gradients_to_its_blocks(monkeypatch):
+    """A planar input through the channels-last route: the gradient entering the stack's last
+    block is channels-last (the output conversion sends it back in that layout), and the
+    gradient leaving the stack is planar like its input."""
+    from conversenet.models import _common
+
+    monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
+    stack = _stack()
+    x = sample((2, 6, 9, 10), 104).requires_grad_()
+    seen = []
+    out = stack(x)
+    assert out.is_contiguous() and out.grad_fn.name().endswith("_PlanarBackward")
+    out.register_hook(lambda g: seen.append(("out", g.is_contiguous())))
+    last_in = []
+    orig = _common._Planar.backward
+
+    def spy(ctx, grad):
+        r = orig(ctx, grad)
+        last_in.append(is_cl(r))
+        return r
+    monkeypatch.setattr(_common._Planar, "backward", staticmethod(spy))
+    (out * sample((2, 6, 9, 10), 105)).sum().backward()
+    assert last_in == [True] and seen == [("out", True)]
+    assert x.grad.is_contiguous()
 
 
 def test_converse2d_channels_last_double_backward():

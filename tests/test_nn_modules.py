@@ -396,9 +396,9 @@ def test_block_no_grad_path_never_writes_inputs_or_earlier_outputs(monkeypatch):
     assert torch.equal(x, x_copy)
     for o, r in zip(outs, refs):
         assert torch.allclose(o, r, rtol=1e-10, atol=1e-10)
-    assert {"hidden", "spatial"} <= set(nc._WORKSPACE.bufs)  # the buffers were used ...
+    assert {"hidden", "spatial"} <= set(nc._workspace._WORKSPACE.bufs)  # the buffers were used ...
     nc.clear_workspace()
-    assert not nc._WORKSPACE.bufs  # ... and can be freed
+    assert not nc._workspace._WORKSPACE.bufs  # ... and can be freed
 
 
 def test_block_with_hooks_inside_runs_layer_by_layer():

@@ -57,11 +57,16 @@ _caches.register("channels-last-pad-index", "source row/column of each padded po
                  _caches.TABLES, _source_index)
 
 
-def pad_cl(y: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
-    """``F.pad`` of an (N, H, W, C) array over H and W -> contiguous (N, H', W', C)."""
+def pad_cl(y: torch.Tensor, pads: Pads, mode: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.pad`` of an (N, H, W, C) array over H and W -> contiguous (N, H', W', C), written
+    into ``out`` when given (a contiguous tensor of that shape and y's dtype)."""
     left, right, top, bottom = pads
     n, h, w, c = y.shape
-    out = y.new_empty(n, top + h + bottom, left + w + right, c)
+    shape = (n, top + h + bottom, left + w + right, c)
+    if out is None:
+        out = y.new_empty(shape)
+    elif not (out.shape == shape and out.dtype == y.dtype and out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {y.dtype} tensor of shape {shape}, got {tuple(out.shape)}")
     out[:, top : top + h, left : left + w] = y
     if mode == "constant":
         out[:, :top].zero_()
@@ -81,6 +86,33 @@ def pad_cl(y: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     if bottom:
         out[:, top + h :] = out.index_select(1, ih[top + h :] + top)
     return out
+
+
+def pad_adjoint_cl(gp: torch.Tensor, pads: Pads, mode: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Adjoint of :func:`pad_cl`: the gradient of its (N, H, W, C) input from the gradient
+    ``gp`` (N, H', W', C) of the padded array, i.e. every padded position's value added to
+    the position it copies (the same index maps as :func:`pad_cl`; "constant": a crop).
+    ``gp`` is overwritten (its border is summed into its interior in place, so that only the
+    border is touched twice); the result is a new contiguous tensor, or ``out``."""
+    left, right, top, bottom = pads
+    n, hp, wp, c = gp.shape
+    h, w = hp - top - bottom, wp - left - right
+    if mode != "constant":
+        ih = _source_index(h, top, bottom, mode).to(gp.device)
+        iw = _source_index(w, left, right, mode).to(gp.device)
+        rows = gp[:, top : top + h]                      # the interior rows, whole width
+        if top:
+            rows.index_add_(1, ih[:top], gp[:, :top])
+        if bottom:
+            rows.index_add_(1, ih[top + h :], gp[:, top + h :])
+        inner = rows[:, :, left : left + w]
+        if left:
+            inner.index_add_(2, iw[:left], rows[:, :, :left])
+        if right:
+            inner.index_add_(2, iw[left + w :], rows[:, :, left + w :])
+    if out is None:
+        out = gp.new_empty(n, h, w, c)
+    return out.copy_(gp[:, top : top + h, left : left + w])
 
 
 def filter_cl(weight: torch.Tensor, lam: torch.Tensor, size: Tuple[int, int], x0: str) -> torch.Tensor:

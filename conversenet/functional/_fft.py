@@ -266,31 +266,35 @@ def irfft2(z: torch.Tensor, size: Tuple[int, int], path: Optional[str] = None) -
 # a 268 x 268 x 128 transform about 2x faster than the same planes one by one. Only without
 # autograd (the no-grad solve of conversenet.functional._channels_last).
 
-def _rfft2_cl_ducc(x: torch.Tensor) -> torch.Tensor:
+def _rfft2_cl_ducc(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
     n, h, w, c = x.shape
-    out = torch.empty(n, h, w // 2 + 1, c, dtype=_COMPLEX[x.dtype])
+    if out is None:
+        out = torch.empty(n, h, w // 2 + 1, c, dtype=_COMPLEX[x.dtype])
     policy.ducc_fft().r2c(_numpy(x), axes=(1, 2), nthreads=torch.get_num_threads(), out=out.numpy())
     return out
 
 
-def _irfft2_cl_ducc(z: torch.Tensor, size: Tuple[int, int], overwrite: bool) -> torch.Tensor:
+def _irfft2_cl_ducc(z: torch.Tensor, size: Tuple[int, int], overwrite: bool,
+                    out: Optional[torch.Tensor]) -> torch.Tensor:
     # the inverse over H (complex, in place) and then over W (to real) as two calls: one
     # combined call ran 1.6x slower on the EPYC
     dfft, threads = policy.ducc_fft(), torch.get_num_threads()
     zn = _numpy(z)
     tmp = zn if overwrite and z.is_contiguous() else None
     tmp = dfft.c2c(zn, axes=(1,), forward=False, inorm=2, nthreads=threads, out=tmp)
-    out = torch.empty(z.shape[0], size[0], size[1], z.shape[3], dtype=_REAL[z.dtype])
+    if out is None:
+        out = torch.empty(z.shape[0], size[0], size[1], z.shape[3], dtype=_REAL[z.dtype])
     dfft.c2r(tmp, axes=(2,), lastsize=size[1], forward=False, inorm=2, nthreads=threads, out=out.numpy())
     return out
 
 
-def _rfft2_cl_scipy(x: torch.Tensor) -> torch.Tensor:
-    sfft = policy.scipy_fft()
+def _rfft2_cl_scipy(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    sfft = policy.scipy_fft()  # scipy.fft has no out argument: out is not used
     return torch.from_numpy(sfft.rfft2(_numpy(x), axes=(1, 2), workers=torch.get_num_threads()))
 
 
-def _irfft2_cl_scipy(z: torch.Tensor, size: Tuple[int, int], overwrite: bool) -> torch.Tensor:
+def _irfft2_cl_scipy(z: torch.Tensor, size: Tuple[int, int], overwrite: bool,
+                     out: Optional[torch.Tensor]) -> torch.Tensor:
     sfft = policy.scipy_fft()
     return torch.from_numpy(sfft.irfft2(_numpy(z), s=size, axes=(1, 2), workers=torch.get_num_threads(),
                                         overwrite_x=overwrite))
@@ -298,12 +302,12 @@ def _irfft2_cl_scipy(z: torch.Tensor, size: Tuple[int, int], overwrite: bool) ->
 
 _RFFT2_CL: Dict[str, Callable] = {
     # torch.fft keeps the transformed dims innermost in memory: made (N, H, W', C) again
-    "torch": lambda x: torch.fft.rfft2(x, dim=(1, 2)).contiguous(),
+    "torch": lambda x, out: torch.fft.rfft2(x, dim=(1, 2)).contiguous(),
     "scipy": _rfft2_cl_scipy,
     "ducc": _rfft2_cl_ducc,
 }
 _IRFFT2_CL: Dict[str, Callable] = {
-    "torch": lambda z, size, overwrite: torch.fft.irfft2(z, s=size, dim=(1, 2)).contiguous(),
+    "torch": lambda z, size, overwrite, out: torch.fft.irfft2(z, s=size, dim=(1, 2)).contiguous(),
     "scipy": _irfft2_cl_scipy,
     "ducc": _irfft2_cl_ducc,
 }
@@ -319,29 +323,44 @@ def _pick_cl(op: str, t: torch.Tensor, h: int, w: int, path: Optional[str]) -> s
 
     def maker(name: str):
         def make(c: int):
+            # as the solver calls them: with an output buffer (used where the implementation
+            # can), the inverse on a spectrum it may overwrite (refilled each call, the same
+            # copy for every candidate)
+            real = torch.empty(1, h, w, c, dtype=dtype)
             if op == "rfft2_cl":
                 x = torch.randn(1, h, w, c, dtype=dtype)
-                return lambda: _RFFT2_CL[name](x)
-            # as the solver calls it: on a spectrum it may overwrite (refilled each call, the
-            # same copy for every candidate)
+                spec = torch.empty(1, h, w // 2 + 1, c, dtype=_COMPLEX[dtype])
+                return lambda: _RFFT2_CL[name](x, spec)
             z, work = torch.randn(2, 1, h, w // 2 + 1, c, dtype=_COMPLEX[dtype])
-            return lambda: _IRFFT2_CL[name](work.copy_(z), (h, w), True)
+            return lambda: _IRFFT2_CL[name](work.copy_(z), (h, w), True, real)
         return make
 
     return policy.choose(op, h, w, planes, dtype, False, {p: maker(p) for p in paths})
 
 
-def rfft2_cl(x: torch.Tensor, path: Optional[str] = None) -> torch.Tensor:
+def rfft2_cl(x: torch.Tensor, path: Optional[str] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``torch.fft.rfft2(x, dim=(1, 2))`` of a real contiguous (N, H, W, C) tensor (no autograd)
     -> contiguous (N, H, W//2+1, C). ``path``: ``"torch"``, ``"scipy"`` or ``"ducc"`` where it
-    applies; default: the policy's choice, measured on first use like :func:`rfft2`."""
-    return _RFFT2_CL[_pick_cl("rfft2_cl", x, x.shape[1], x.shape[2], path)](x)
+    applies; default: the policy's choice, measured on first use like :func:`rfft2`.
+    ``out``: an optional contiguous complex (N, H, W//2+1, C) buffer that implementations
+    able to write into one (ducc0) use and return; the others return a new tensor."""
+    _check_out(out, (x.shape[0], x.shape[1], x.shape[2] // 2 + 1, x.shape[3]), _COMPLEX.get(x.dtype))
+    return _RFFT2_CL[_pick_cl("rfft2_cl", x, x.shape[1], x.shape[2], path)](x, out)
 
 
 def irfft2_cl(z: torch.Tensor, size: Tuple[int, int], path: Optional[str] = None,
-              overwrite: bool = False) -> torch.Tensor:
+              overwrite: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``torch.fft.irfft2(z, s=size, dim=(1, 2))`` of a contiguous (N, H, W//2+1, C) half-plane
-    (no autograd) -> contiguous (N, H, W, C). ``overwrite``: z may be destroyed (saves a copy)."""
+    (no autograd) -> contiguous (N, H, W, C). ``overwrite``: z may be destroyed (saves a copy).
+    ``out``: an optional contiguous real (N, H, W, C) buffer, as for :func:`rfft2_cl`."""
     if z.shape[1] != size[0]:
         raise ValueError(f"z has {z.shape[1]} rows, size asks for {size[0]}")
-    return _IRFFT2_CL[_pick_cl("irfft2_cl", z, size[0], size[1], path)](z, size, overwrite)
+    _check_out(out, (z.shape[0], size[0], size[1], z.shape[3]), _REAL.get(z.dtype))
+    return _IRFFT2_CL[_pick_cl("irfft2_cl", z, size[0], size[1], path)](z, size, overwrite, out)
+
+
+def _check_out(out: Optional[torch.Tensor], shape: Tuple[int, ...], dtype: Optional[torch.dtype]) -> None:
+    if out is not None and not (tuple(out.shape) == shape and out.dtype == dtype and out.is_contiguous()
+                                and out.device.type == "cpu"):
+        raise ValueError(f"out must be a contiguous CPU tensor of shape {shape} and dtype {dtype}, got "
+                         f"{tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()}, {out.device})")

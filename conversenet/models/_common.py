@@ -66,7 +66,7 @@ class ConverseStack(nn.Sequential):
         if not self._channels_last_pays(x):
             return self._run(x)
         out = self._run(x.contiguous(memory_format=torch.channels_last))
-        return out if _is_channels_last(x) else out.contiguous()
+        return out if _is_channels_last(x) else _Planar.apply(out)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks one after another. With autograd (and ``recompute``, no forward hooks,
@@ -91,6 +91,21 @@ class ConverseStack(nn.Sequential):
             if not (type(block) is ConverseBlock and not isinstance(block.conv1[3], (nn.Conv2d, nn.ConvTranspose2d))):
                 return False
         return self[0].pixel_major(x)
+
+
+class _Planar(torch.autograd.Function):
+    """``x.contiguous()`` of a channels-last x whose gradient goes back channels-last: the
+    stack's blocks then receive their gradients in their own layout (with ``contiguous()``
+    each block's 1x1 convolutions converted them again, 8 ms a time at 16 x 64 x 64 x 64
+    on an AMD EPYC)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 def _block_recomputed(block: ConverseBlock, x: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import threading
 import weakref
 from typing import Optional, Tuple, Union
 
@@ -16,6 +14,8 @@ from ..checks import check_choice, check_int, check_int_tuple, check_positive_in
 from ..functional import _fft_policy
 from ..functional._channels_last import is_channels_last as _is_channels_last
 from ..functional import converse as _fc
+from ..functional import _workspace
+from ..functional._workspace import clear_workspace
 
 __all__ = ["Converse2d", "LayerNorm2d", "ConverseBlock", "KERNEL_INITS", "SPATIAL_OPS", "clear_workspace"]
 
@@ -271,63 +271,6 @@ _caches.register("converse2d-filters", "eval-mode spectral filter of each Conver
                  "one per live layer, each <= Converse2d.filter_cache_bytes; freed with the layer", FILTER_CACHES)
 
 
-class _Buffers(dict):
-    """One thread's named buffers (a dict that can be referenced weakly)."""
-
-
-class _Workspace(threading.local):
-    """Reusable CPU buffers of the no-grad block path, one set per thread, shared by all
-    blocks (they run one after another). Fresh multi-megabyte tensors cost page faults on
-    every call on CPUs (glibc hands such blocks back to the kernel when they are freed),
-    about as much as the matrix product that fills them. Only temporaries that never leave
-    a block live here: at most one buffer per name ("hidden", "work", "residual", and
-    "spatial", the Converse2d result) per thread. Listed in :mod:`conversenet._caches`;
-    ``clear()`` frees every thread's."""
-
-    # every thread's buffers by id, for clear(); an entry goes with its thread
-    _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
-
-    def __init__(self) -> None:
-        self.bufs = _Buffers()
-        _Workspace._all[id(self.bufs)] = self.bufs
-
-    def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        # one flat buffer per name, as large as the largest request so far: a network whose
-        # blocks run at several sizes (Converse-SRResNet: 128, 256, 512) takes views of it
-        # instead of reallocating (and page-faulting) at every change of size
-        numel = math.prod(shape)
-        b = self.bufs.get(name)
-        if b is None or b.numel() < numel or b.dtype != like.dtype or b.device != like.device:
-            self.bufs.pop(name, None)  # the old one goes before the new one is allocated
-            b = self.bufs[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return b[:numel].view(shape)
-
-    def clear(self) -> None:
-        for bufs in list(_Workspace._all.values()):
-            bufs.clear()
-
-    def __len__(self) -> int:
-        return sum(len(bufs) for bufs in list(_Workspace._all.values()))
-
-
-_WORKSPACE = _Workspace()
-_caches.register("block-workspace", "reused CPU buffers of the fused no-grad ConverseBlock path",
-                 "4 buffers per thread, each as large as the largest call so far; freed with the thread", _WORKSPACE)
-
-
-def clear_workspace() -> None:
-    """Frees the buffers the no-grad :class:`ConverseBlock` path keeps (this thread's;
-    ``conversenet.clear_caches()`` frees every thread's and every other cache)."""
-    _WORKSPACE.bufs.clear()
-
-
-def _buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    # smaller tensors come and go through the allocator as usual (conversenet._tuning)
-    if like.device.type != "cpu" or math.prod(shape) < _tuning.WORKSPACE_MIN_ELEMS:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)  # GPUs cache blocks already
-    return _WORKSPACE.get(name, shape, like)
-
-
 def pixel_major_faster(x: torch.Tensor, c: int, o: int) -> bool:
     """Whether a block's 1x1 products (C -> O channels) on an input like x (N, C, H, W) run
     faster pixel-major, as (NHW, C) x (C, O) with channels-last features, than planar, as
@@ -564,16 +507,16 @@ class ConverseBlock(nn.Module):
                 continue
             o = first.weight.shape[0]
             pm = pixel_major_faster(x, c, o)  # measured once per shape, then a dict lookup
-            h = layer_norm_pointwise(x, seq[0], first, out=_buffer("hidden", (n, hw, o) if pm else (n, o, hw), x),
-                                     work=_buffer("work", (n, c, hw), x), channels_last=pm)
+            h = layer_norm_pointwise(x, seq[0], first, out=_workspace.buffer("hidden", (n, hw, o) if pm else (n, o, hw), x),
+                                     work=_workspace.buffer("work", (n, c, hw), x), channels_last=pm)
             for m in list(seq)[2:-1]:
                 if type(m) is nn.GELU and m.approximate == "none":
                     h = _gelu_(h)
                 elif type(m) is Converse2d and m.weight is not None:
                     # its result is consumed inside this block: solved into a reused buffer
                     sh = (n, m.scale * hgt, m.scale * wid, m.channels)
-                    buf = _buffer("spatial", sh, x).permute(0, 3, 1, 2) if pm else \
-                        _buffer("spatial", (sh[0], sh[3], sh[1], sh[2]), x)
+                    buf = _workspace.buffer("spatial", sh, x).permute(0, 3, 1, 2) if pm else \
+                        _workspace.buffer("spatial", (sh[0], sh[3], sh[1], sh[2]), x)
                     h = m._solve(h, out=buf)
                 else:
                     h = m(h)
@@ -584,7 +527,7 @@ class ConverseBlock(nn.Module):
                 w_last, b_last = w_last * a[:, None], b_last * a
             # the first branch's sum stays inside the block; the second is the block's output
             shape = (n, hw, c) if cl else (n, c, hw)
-            res = _buffer("residual", shape, x) if j == 0 else x.new_empty(shape)
+            res = _workspace.buffer("residual", shape, x) if j == 0 else x.new_empty(shape)
             # (N, O, HW) view of h in its own memory order, read without copies by mm
             hs = _pixel_major(h).transpose(1, 2) if _is_channels_last(h) else h.reshape(n, -1, hw)
             if cl:  # (HW, C) = x + b + (HW, O) x (O, C)

@@ -1,0 +1,86 @@
+"""Reused CPU buffers for temporaries: one flat buffer per name and thread.
+
+On CPUs a fresh multi-megabyte tensor costs page faults on every call (glibc hands blocks
+above its mmap threshold, at most 32 MB, back to the kernel when they are freed, and the
+next allocation faults each 4 KB page in again): on an AMD EPYC a 42 MB ``irfft2`` into a
+new tensor took 31 ms, into a reused one 18 ms. Temporaries that never leave a function
+(padded planes, spectra, the fused block's hidden features) are taken from here instead.
+Users: the fused no-grad :class:`~conversenet.nn.ConverseBlock` path ("hidden", "work",
+"residual", "spatial") and the channels-last solve with autograd
+(:class:`~conversenet.functional.converse._ConverseS1CL`: "cl-pad", "cl-spec", "cl-spec2",
+"cl-full"). A name is used by one function at a time; nothing taken from here is returned
+to a caller or saved for backward.
+
+Listed in :mod:`conversenet._caches`; :func:`clear_workspace` frees this thread's buffers,
+``conversenet.clear_caches()`` every thread's.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import Tuple
+
+import torch
+
+from .. import _caches, _tuning
+
+__all__ = ["buffer", "clear_workspace"]
+
+
+class _Buffers(dict):
+    """One thread's named buffers (a dict that can be referenced weakly)."""
+
+
+class _Workspace(threading.local):
+    """The buffers, one set per thread (threads run their own calls at the same time)."""
+
+    # every thread's buffers by id, for clear(); an entry goes with its thread
+    _all: "weakref.WeakValueDictionary[int, _Buffers]" = weakref.WeakValueDictionary()
+
+    def __init__(self) -> None:
+        self.bufs = _Buffers()
+        _Workspace._all[id(self.bufs)] = self.bufs
+
+    def get(self, name: str, shape: Tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # one flat buffer per name, as large as the largest request so far: a network whose
+        # blocks run at several sizes (Converse-SRResNet: 128, 256, 512) takes views of it
+        # instead of reallocating (and page-faulting) at every change of size
+        numel = math.prod(shape)
+        b = self.bufs.get(name)
+        if b is None or b.numel() < numel or b.dtype != dtype or b.device != like.device:
+            self.bufs.pop(name, None)  # the old one goes before the new one is allocated
+            b = self.bufs[name] = torch.empty(numel, dtype=dtype, device=like.device)
+        return b[:numel].view(shape)
+
+    def clear(self) -> None:
+        for bufs in list(_Workspace._all.values()):
+            bufs.clear()
+
+    def __len__(self) -> int:
+        return sum(len(bufs) for bufs in list(_Workspace._all.values()))
+
+
+_WORKSPACE = _Workspace()
+_caches.register("workspace", "reused CPU buffers for temporaries (fused no-grad ConverseBlock, channels-last "
+                 "Converse2d with autograd)",
+                 "one buffer per name (at most 8) per thread, each as large as the largest call so far; "
+                 "freed with the thread", _WORKSPACE)
+
+
+def clear_workspace() -> None:
+    """Frees this thread's workspace buffers (``conversenet.clear_caches()`` frees every
+    thread's and every other cache)."""
+    _WORKSPACE.bufs.clear()
+
+
+def buffer(name: str, shape: Tuple[int, ...], like: torch.Tensor, dtype: torch.dtype = None) -> torch.Tensor:
+    """A contiguous tensor of ``shape`` (dtype: ``like``'s unless given) on ``like``'s device,
+    contents undefined: this thread's buffer ``name`` on CPUs for tensors of at least
+    ``conversenet._tuning.WORKSPACE_MIN_ELEMS`` elements, a fresh tensor otherwise (smaller
+    ones gain nothing measurable; GPU allocators cache blocks already)."""
+    dtype = like.dtype if dtype is None else dtype
+    if like.device.type != "cpu" or math.prod(shape) < _tuning.WORKSPACE_MIN_ELEMS:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    return _WORKSPACE.get(name, shape, like, dtype)
