@@ -74,6 +74,12 @@ FILTER_CACHE_BYTES = 16 * 2**20
 #: new tensor, 25 ms into a reused one); smaller ones gain nothing measurable.
 WORKSPACE_MIN_ELEMS = 1 << 18
 
+#: fresh CPU tensors of at least this many bytes that the package keeps or returns from its
+#: fused training pieces are advised to the kernel as transparent huge pages before first use
+#: (conversenet.functional._workspace.fresh): two huge pages' worth, so that at least one
+#: whole 2 MB page lies inside the tensor
+HUGEPAGE_MIN_BYTES = 4 << 20
+
 # --------------------------------------------------------------------------------------
 # caches (conversenet._caches)
 # --------------------------------------------------------------------------------------

@@ -975,31 +975,43 @@ def _grads(module: nn.Module, x: torch.Tensor, weight: torch.Tensor):
     return out.detach(), xi.grad, [p.grad.clone() for p in module.parameters()]
 
 
-def _spy_recomputed_layouts(monkeypatch):
+@pytest.mark.parametrize("route", ["plain", "checkpoint", "fused"])
+@pytest.mark.parametrize("residual_scale", [False, True])
+def test_stack_training_route_matches_the_planar_gradients(monkeypatch, route, residual_scale):
+    """The stack's training routes on channels-last features, against planar features with
+    every activation kept (a plain Sequential): "plain" (recompute off: the modules one by
+    one), "checkpoint" (recompute through torch.utils.checkpoint) and "fused" (the
+    pointwise pieces of conversenet.nn._block_train)."""
     from conversenet.models import _common
+    from conversenet.nn import _block_train
 
-    return _spy_layouts(monkeypatch, _common, "_block_recomputed")
-
-
-@pytest.mark.parametrize("recompute", [False, True])
-def test_stack_training_route_matches_the_planar_gradients(monkeypatch, recompute):
-    stack = _stack()
+    stack = _stack(residual_scale=residual_scale)
+    if residual_scale:  # non-zero scales, so that both branches count
+        with torch.no_grad():
+            for blk in stack:
+                blk.alpha1.copy_(sample((1, 6, 1, 1), 93))
+                blk.alpha2.copy_(sample((1, 6, 1, 1), 94))
     x = sample((2, 6, 9, 10), 91)
     weight = sample((2, 6, 9, 10), 92)
-    # reference: planar features, every activation kept (a plain Sequential)
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: False)
     stack.recompute = False
     seen = _spy_block_layouts(monkeypatch)
     ref_out, ref_gx, ref_gp = _grads(stack, x, weight)
     assert seen == [False, False]
     monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
-    stack.recompute = recompute
+    stack.recompute = route != "plain"
+    if route == "checkpoint":
+        monkeypatch.setattr(_block_train, "applies", lambda block, x: False)
     pads = BaseTester.spy(monkeypatch, _channels_last, "pad_cl")
-    recomputed = _spy_recomputed_layouts(monkeypatch)
+    recomputed = _spy_layouts(monkeypatch, _common, "_block_recomputed")
+    fused = _spy_layouts(monkeypatch, _block_train, "forward")
+    branches = BaseTester.spy(monkeypatch, _block_train._Branch1, "apply")
     seen.clear()
     out, gx, gp = _grads(stack, x, weight)
-    # every block trained on channels-last features, recomputed or called as a module
-    assert (recomputed, seen) == (([True, True], []) if recompute else ([], [True, True]))
+    # every block trained on channels-last features, by the route asked for
+    assert {"plain": seen, "checkpoint": recomputed, "fused": fused}[route] == [True, True]
+    assert len(seen) + len(recomputed) + len(fused) == 2
+    assert len(branches) == (2 if route == "fused" else 0)  # B1 as one piece around the Converse2d
     # each Converse2d padded channels-last: forward; backward the adjoint of its crop and
     # its input again (the spectrum is recomputed, not kept)
     assert len(pads) == 6 and out.is_contiguous()
@@ -1007,6 +1019,32 @@ def test_stack_training_route_matches_the_planar_gradients(monkeypatch, recomput
     BaseTester.assert_close(gx, ref_gx, torch.float64)
     assert len(gp) == len(ref_gp) > 10
     for a, b in zip(gp, ref_gp):
+        BaseTester.assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("operator", ["converse", "swapped"])
+def test_stack_fused_route_second_order_gradients(monkeypatch, operator):
+    """A gradient penalty (create_graph=True) through the fused pieces equals the same through
+    the plain modules; "swapped": B1's operator is another module (the _Head/_Tail pieces)."""
+    from conversenet.nn import _block_train
+
+    stack = _stack()
+    if operator == "swapped":
+        for blk in stack:
+            blk.conv1[3] = nn.Identity()
+    monkeypatch.setattr(_nc, "pixel_major_faster", lambda x, c, o: True)
+    x0 = sample((1, 6, 7, 8), 106)
+    results = {}
+    for route in ("plain", "fused"):
+        stack.recompute = route == "fused"
+        used = BaseTester.spy(monkeypatch, _block_train, "forward")
+        stack.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        (gx,) = torch.autograd.grad((stack(x) ** 2).sum(), x, create_graph=True)
+        (gx.square().sum() + gx.sum()).backward()
+        assert len(used) == (2 if route == "fused" else 0)
+        results[route] = [p.grad.clone() for p in stack.parameters()] + [gx.detach()]
+    for a, b in zip(results["fused"], results["plain"]):
         BaseTester.assert_close(a, b, torch.float64)
 
 

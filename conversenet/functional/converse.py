@@ -392,63 +392,107 @@ class _ConverseS1CL(torch.autograd.Function):
     a channels-last network (e.g. a :class:`~conversenet.models._common.ConverseStack` in
     training) never converts its features for the operator. g: the planar (B, C, M, W')
     filter. Saves y (not its spectrum) when the filter needs a gradient. Returns a
-    channels-last result. The padded planes and spectra are temporaries of the per-thread
-    workspace (:mod:`conversenet.functional._workspace`): fresh ones would page-fault in on
-    every call (at 16 x 128 x 72 x 72 on an AMD EPYC, an irfft2 into a new tensor took 31 ms,
-    into a reused one 18 ms)."""
+    channels-last result. The arithmetic is :func:`s1cl_forward` / :func:`s1cl_backward`."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
-        n, c, h, w = y.shape
-        left, right, top, bottom = pads
-        size = (h + top + bottom, w + left + right)
-        padded = (n, size[0], size[1], c)
-        yp = _channels_last.pad_cl(y.permute(0, 2, 3, 1), pads, mode, out=_workspace.buffer("cl-pad", padded, y))
-        fy = _fft.rfft2_cl(yp, out=_spectrum("cl-spec", padded, y))
-        # the filter gradient needs rfft2 of the padded input: y is kept instead (real and
-        # unpadded, about 3/4 of the spectrum's bytes at 64 x 64 + 4) and transformed again
-        # in backward, one more FFT for a smaller saved state (the channels-last route is the
-        # training path of ConverseStack, where memory is the tighter limit)
-        need_g = ctx.needs_input_grad[1]
-        z = fy.mul_(g.permute(0, 2, 3, 1))                           # (B, M, W', C) view of g
-        ctx.pads, ctx.mode, ctx.y_shape, ctx.size, ctx.g_batch = pads, mode, y.shape, size, g.shape[0]
-        ctx.save_for_backward(g, y if need_g else None)
-        full = _fft.irfft2_cl(z, size, overwrite=True, out=yp)     # yp is spent: its buffer again
-        out = torch.empty(n, h, w, c, dtype=full.dtype, device=full.device)
-        out.copy_(full[:, top : top + h, left : left + w])  # dense and the caller's own
-        return out.permute(0, 3, 1, 2)
+        ctx.pads, ctx.mode = pads, mode
+        ctx.save_for_backward(g, y if ctx.needs_input_grad[1] else None)
+        return s1cl_forward(y, g, pads, mode)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         g, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the planar formulas, differentiable
+            ctx.y_shape, ctx.size, ctx.g_batch = grad.shape, _padded_size(grad.shape, ctx.pads), g.shape[0]
             return _ConverseS1.backward_differentiable(ctx, grad, y, g, None)
-        hp, wp = ctx.size
-        n, c, h, w = ctx.y_shape
-        padded = (n, hp, wp, c)
-        # adjoint of the crop: grad zero-padded (only the border is zeroed, not the whole)
-        gp = _channels_last.pad_cl(grad.permute(0, 2, 3, 1), ctx.pads, "constant",
-                                   out=_workspace.buffer("cl-pad", padded, grad))
-        gs = _fft.rfft2_cl(gp, out=_spectrum("cl-spec", padded, grad))
-        grad_y = grad_g = None
-        if ctx.needs_input_grad[1]:
-            yp = _channels_last.pad_cl(y.permute(0, 2, 3, 1), ctx.pads, ctx.mode, out=gp)  # gp is spent
-            fy = _fft.rfft2_cl(yp, out=_spectrum("cl-spec2", padded, grad))
-            if ctx.g_batch == 1:  # summed over the batch image by image: no batch-sized product
-                gz = torch.zeros_like(gs[:1])
-                for i in range(n):
-                    gz[0].addcmul_(gs[i], fy[i].conj())
-            else:
-                gz = gs * fy.conj()
-            dbl = wp - (wp // 2 + 1)
-            if dbl > 0:
-                gz[:, :, 1 : 1 + dbl] *= 2
-            grad_g = gz.div_(hp * wp).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[0]:
-            gyp = _fft.irfft2_cl(gs.mul_(g.permute(0, 2, 3, 1).conj()), (hp, wp), overwrite=True,
-                                 out=_workspace.buffer("cl-pad", padded, grad))
-            grad_y = _channels_last.pad_adjoint_cl(gyp, ctx.pads, ctx.mode).permute(0, 3, 1, 2)
+        grad_y, grad_g = s1cl_backward(grad, y, g, ctx.pads, ctx.mode, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return grad_y, grad_g, None, None
+
+
+def _padded_size(shape, pads: Pads) -> Tuple[int, int]:
+    return shape[-2] + pads[2] + pads[3], shape[-1] + pads[0] + pads[1]
+
+
+def s1cl_forward(y: torch.Tensor, g: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+    """Converse2d (s = 1) of a channels-last CPU y (N, C, H, W) with the planar filter g
+    (B, C, M, W//2+1), no autograd: pad -> rfft2 -> * g -> irfft2 -> crop, channels-last
+    throughout. The padded planes and spectra are temporaries of the per-thread workspace
+    (:mod:`conversenet.functional._workspace`): fresh ones would page-fault in on every call
+    (at 16 x 128 x 72 x 72 on an AMD EPYC, an irfft2 into a new tensor took 31 ms, into a
+    reused one 18 ms). Returns a new channels-last (N, C, H, W) tensor."""
+    n, c, h, w = y.shape
+    left, _, top, _ = pads
+    size = _padded_size(y.shape, pads)
+    padded = (n, size[0], size[1], c)
+    yp = _channels_last.pad_cl(y.permute(0, 2, 3, 1), pads, mode, out=_workspace.buffer("cl-pad", padded, y))
+    fy = _fft.rfft2_cl(yp, out=_spectrum("cl-spec", padded, y))
+    z = fy.mul_(g.permute(0, 2, 3, 1))                           # (B, M, W', C) view of g
+    full = _fft.irfft2_cl(z, size, overwrite=True, out=yp)     # yp is spent: its buffer again
+    out = _workspace.fresh((n, h, w, c), full.dtype, full.device)  # dense and the caller's own
+    out.copy_(full[:, top : top + h, left : left + w])
+    return out.permute(0, 3, 1, 2)
+
+
+def s1cl_backward(grad: torch.Tensor, y: Optional[torch.Tensor], g: torch.Tensor, pads: Pads, mode: str,
+                  need_y: bool, need_g: bool, out: Optional[torch.Tensor] = None):
+    """Gradients of :func:`s1cl_forward` (no autograd): (grad_y, grad_g) from ``grad``
+    (N, C, H, W), channels-last or not; y is needed only for grad_g (its spectrum is
+    recomputed: one more FFT instead of keeping it). grad_y: channels-last, written into
+    ``out`` (a contiguous (N, H, W, C) tensor) when given; grad_g: (B, C, M, W//2+1)."""
+    n, c, h, w = grad.shape
+    hp, wp = _padded_size(grad.shape, pads)
+    padded = (n, hp, wp, c)
+    # adjoint of the crop: grad zero-padded (only the border is zeroed, not the whole)
+    gp = _channels_last.pad_cl(grad.permute(0, 2, 3, 1), pads, "constant",
+                               out=_workspace.buffer("cl-pad", padded, grad))
+    gs = _fft.rfft2_cl(gp, out=_spectrum("cl-spec", padded, grad))
+    grad_y = grad_g = None
+    if need_g:
+        yp = _channels_last.pad_cl(y.permute(0, 2, 3, 1), pads, mode, out=gp)  # gp is spent
+        fy = _fft.rfft2_cl(yp, out=_spectrum("cl-spec2", padded, grad))
+        if g.shape[0] == 1:  # summed over the batch image by image: no batch-sized product
+            gz = torch.zeros_like(gs[:1])
+            for i in range(n):
+                gz[0].addcmul_(gs[i], fy[i].conj())
+        else:
+            gz = gs * fy.conj()
+        dbl = wp - (wp // 2 + 1)
+        if dbl > 0:
+            gz[:, :, 1 : 1 + dbl] *= 2
+        grad_g = gz.div_(hp * wp).permute(0, 3, 1, 2)
+    if need_y:
+        gyp = _fft.irfft2_cl(gs.mul_(g.permute(0, 2, 3, 1).conj()), (hp, wp), overwrite=True,
+                             out=_workspace.buffer("cl-pad", padded, grad))
+        if out is None:
+            out = _workspace.fresh((n, h, w, c), gyp.dtype, gyp.device)
+        grad_y = _channels_last.pad_adjoint_cl(gyp, pads, mode, out=out).permute(0, 3, 1, 2)
+    return grad_y, grad_g
+
+
+def s1cl_parts(shape, dtype: torch.dtype, weight: torch.Tensor, lam: torch.Tensor, padding: Optional[int],
+               padding_mode: str, x0, fft_size: str = "exact") -> Optional[Tuple[torch.Tensor, Pads]]:
+    """(g, pads) for running :func:`s1cl_forward` / :func:`s1cl_backward` in place of
+    ``converse2d(x, weight, lam, 1, padding, padding_mode, x0, fft_size)`` on a channels-last
+    CPU x of ``shape`` (N, C, H, W) and ``dtype``, inside an autograd function of the
+    caller's: g is built from weight and lam with autograd (:func:`converse_filter`, in
+    ``dtype``), pads are those of the padded plane. None where converse2d would take another
+    route (a tensor x0, another dtype, export mode, torch.compile, empty tensors, a kernel
+    larger than the plane, C not the kernel's channels). padding is checked as converse2d
+    checks it."""
+    n, c, h, w = shape
+    if not (dtype in (torch.float32, torch.float64) and isinstance(x0, str) and x0 in X0_MODES
+            and weight.dim() == 4 and weight.shape[:2] == (1, c) and n * c * h * w > 0
+            and not _matrix_dft.export_active() and not torch.compiler.is_compiling()):
+        return None
+    padding = check_padding(padding, padding_mode, (h, w), PADDING_MODES)
+    pads = fft_pads(h, w, padding, 1, padding_mode, fft_size)
+    lam_c = check_lam(lam, n, c, 2, weight.device, dtype)
+    hp, wp = _padded_size(shape, pads)
+    if weight.shape[-2] > hp or weight.shape[-1] > wp or lam_c.shape[0] != 1:
+        return None
+    with _no_autocast(weight.device.type):
+        return converse_filter(weight.to(dtype), lam_c, (hp, wp), 1, x0), pads
 
 
 def _spectrum(name: str, padded: Tuple[int, int, int, int], like: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..checks import check_image, check_pos_int
 from ..nn import ConverseBlock
+from ..nn import _block_train
 from ..nn.converse import _is_pointwise, hooked
 from ..functional._channels_last import is_channels_last as _is_channels_last
 
@@ -80,7 +81,10 @@ class ConverseStack(nn.Sequential):
                 and not hooked(*self.modules())):
             return super().forward(x)
         for block in self:
-            x = _block_recomputed(block, x) if type(block) is ConverseBlock else block(x)
+            if _block_train.applies(block, x):
+                x = _block_train.forward(block, x)
+            else:
+                x = _block_recomputed(block, x) if type(block) is ConverseBlock else block(x)
         return x
 
     def _channels_last_pays(self, x: torch.Tensor) -> bool:
