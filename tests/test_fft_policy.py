@@ -264,3 +264,73 @@ def test_converse2d_equal_whatever_path(s, h, w, padding, x0):
         grads.append(yg.grad)
     for gr in grads[1:]:
         assert torch.allclose(gr, grads[0], atol=1e-10)
+
+
+ROW_PATHS = ["torch"] + (["scipy"] if HAS_SCIPY else []) + (["ducc"] if HAS_DUCC else [])
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("path", ROW_PATHS + [None])
+def test_irfft2_rows_matches_explicit_dft(h, w, dtype, tol, path):
+    """Rows top..top+R of the inverse, for every implementation: the explicit float64 DFT's."""
+    gen = torch.Generator().manual_seed(h + w)
+    z = torch.randn(2, 3, h, w // 2 + 1, generator=gen, dtype=torch.complex128)
+    full = _ref_irfft2(z.numpy(), h, w)
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    for top, rows in [(0, h), (5, h - 11), (h - 1, 1)]:
+        out = torch.full((2, 3, rows, w), float("nan"), dtype=dtype)
+        work = z.to(cdtype, copy=True)  # overwritten
+        got = _fft.irfft2_rows(work, (h, w), top, out, path=path)
+        assert got is out
+        ref = full[..., top : top + rows, :]
+        err = np.abs(out.double().numpy() - ref).max() / np.abs(full).max()
+        assert err < tol, (path, top, rows, err)
+
+
+def test_irfft2_rows_checks_its_arguments():
+    z = torch.zeros(2, 20, 9, dtype=torch.complex64)
+    out = torch.empty(2, 10, 16)
+    with pytest.raises(ValueError, match="z must be a contiguous CPU"):
+        _fft.irfft2_rows(z, (20, 20), 0, out)          # 20 // 2 + 1 = 11 columns, z has 9
+    with pytest.raises(ValueError, match="z must be a contiguous CPU"):
+        _fft.irfft2_rows(z.transpose(1, 2).contiguous().transpose(1, 2), (20, 16), 0, out)
+    with pytest.raises(ValueError, match="out must be a contiguous CPU tensor of shape"):
+        _fft.irfft2_rows(z, (20, 16), 0, torch.empty(2, 10, 15))
+    with pytest.raises(ValueError, match="out must be"):
+        _fft.irfft2_rows(z, (20, 16), 0, torch.empty(2, 10, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rows 11..21 are outside the 20 rows"):
+        _fft.irfft2_rows(z, (20, 16), 11, out)
+    with pytest.raises(ValueError, match="does not apply here"):
+        _fft.irfft2_rows(z, (20, 16), 0, out, path="axes")
+
+
+def test_planar_solve_takes_the_measured_row_inverse(monkeypatch):
+    """A planar no-grad s = 1 solve large enough to be measured runs its inverse through
+    irfft2_rows (decision recorded as op irfft2_rows), channel group by channel group, and
+    equals Eq. 6's float64 result."""
+    gen = torch.Generator().manual_seed(21)
+    c, h, w, pad = 6, 60, 70, 3
+    y = torch.randn(1, c, h, w, generator=gen, dtype=torch.float64)
+    k = softmax_kernel(gen, 1, c, 5, 5)
+    lam = torch.linspace(0.01, 0.2, c, dtype=torch.float64).reshape(1, c, 1, 1)
+    assert 4 * (h + 2 * pad) * ((w + 2 * pad) // 2 + 1) >= _tuning.FFT_MIN_MEASURED  # a group's spectrum
+    monkeypatch.setattr(_tuning, "FFT_BUDGET_S", 0.0)
+    monkeypatch.setattr(_tuning, "SOLVE_CHUNK_ELEMS", 4 * (h + 2 * pad) * (w + 2 * pad))  # groups 4 + 2
+    monkeypatch.delenv(_fft_policy.ENV, raising=False)
+    calls = []
+    real = _fft.irfft2_rows
+    monkeypatch.setattr(_fft, "irfft2_rows", lambda z, *a, **kw: (calls.append(z.shape[1]), real(z, *a, **kw))[1])
+    _fft_policy.clear()
+    try:
+        with torch.no_grad():
+            out = converse2d(y.float(), k.float(), lam.float(), 1, pad, "circular")
+            out64 = converse2d(y, k, lam, 1, pad, "circular")
+        ops = {d["op"] for d in _fft_policy.decisions()}
+    finally:
+        _fft_policy.clear()
+    assert "irfft2_rows" in ops and calls == [4, 2, 4, 2]
+    ref = eq6(F.pad(y, (pad,) * 4, mode="circular"), k, lam, 1)[..., pad:-pad, pad:-pad]
+    assert out.is_contiguous() and out64.is_contiguous()
+    assert float((out64 - ref).abs().max()) < 1e-11
+    assert float((out.double() - ref).abs().max()) < 2e-5

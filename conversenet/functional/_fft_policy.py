@@ -184,7 +184,7 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
     of a block's 1x1 products: ``h``, ``w`` = input and output channels, ``planes`` = pixels).
 
     Args:
-        op: ``"rfft2"``, ``"irfft2"``, ``"rfft2_cl"``, ``"irfft2_cl"`` or ``"mm1x1"``.
+        op: ``"rfft2"``, ``"irfft2"``, ``"irfft2_rows"``, ``"rfft2_cl"``, ``"irfft2_cl"`` or ``"mm1x1"``.
         h, w: real plane size (the output size for ``irfft2``).
         planes: number of planes in the call (bucketed to a power of two).
         dtype: real dtype of the plane.

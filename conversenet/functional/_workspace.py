@@ -6,10 +6,13 @@ next allocation faults each 4 KB page in again): on an AMD EPYC a 42 MB ``irfft2
 new tensor took 31 ms, into a reused one 18 ms. Temporaries that never leave a function
 (padded planes, spectra, the fused block's hidden features) are taken from here instead.
 Users: the fused no-grad :class:`~conversenet.nn.ConverseBlock` path ("hidden", "work",
-"residual", "spatial") and the channels-last solve with autograd
-(:class:`~conversenet.functional.converse._ConverseS1CL`: "cl-pad", "cl-spec", "cl-spec2",
-"cl-full"). A name is used by one function at a time; nothing taken from here is returned
-to a caller or saved for backward.
+"residual", "spatial"), the channels-last solve with autograd
+(:func:`~conversenet.functional.converse.s1cl_forward` / ``s1cl_backward``: "cl-pad",
+"cl-spec", "cl-spec2"), the converse block's fused training pieces (:mod:`conversenet.nn._block_train`:
+"bt-hidden", "bt-hidden-pre", "bt-grad-hidden", "bt-grad-narrow") and the planar no-grad
+solve on CPUs (the kept rows of each channel group's inverse transform: "solve-rows"). A
+name is used by one function at a time; nothing taken from here is returned to a caller or
+saved for backward.
 
 Listed in :mod:`conversenet._caches`; :func:`clear_workspace` frees this thread's buffers,
 ``conversenet.clear_caches()`` every thread's.
@@ -66,8 +69,8 @@ class _Workspace(threading.local):
 
 _WORKSPACE = _Workspace()
 _caches.register("workspace", "reused CPU buffers for temporaries (fused no-grad ConverseBlock, channels-last "
-                 "Converse2d with autograd)",
-                 "one buffer per name (at most 8) per thread, each as large as the largest call so far; "
+                 "Converse2d with autograd, fused converse-block training, planar no-grad solve)",
+                 "one buffer per name per thread, each as large as the largest call so far; "
                  "freed with the thread", _WORKSPACE)
 
 

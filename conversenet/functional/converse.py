@@ -532,19 +532,28 @@ def _converse_chunked(
     if y.device.type == "cpu" and step < c and step >= threads:  # whole FFT batches per thread
         step = -(-step // threads) * threads
 
-    def solve(sl: slice, dst: Optional[torch.Tensor] = None) -> torch.Tensor:
+    # CPUs, s = 1: the inverse transform only for the rows kept, on the group's own spectrum
+    rows_inverse = s == 1 and y.device.type == "cpu"
+
+    def solve(sl: slice, dst: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         if lam is not None and s > 1:  # solved at the input size, written into dst (see _upsolve)
             return _upsolve.converse_up(_pad4(y[:, sl], pads, mode), y[:, sl], k_or_g[:, sl], lam[:, sl],
                                         pads, s, x0, out=dst)
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
-        return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
+        if not rows_inverse:
+            return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
+        fy = _fft.rfft2(_pad4(y[:, sl], pads, mode)).contiguous().mul_(g)  # (the split path's is not)
+        rows = _workspace.buffer("solve-rows", (n, dst.shape[1], h, wp), y)
+        _fft.irfft2_rows(fy, size, pads[2], rows)
+        dst.copy_(rows[..., pads[0] : pads[0] + w])
+        return None
 
-    if step >= c and dst is None:
+    if step >= c and dst is None and not rows_inverse:
         return solve(slice(0, c))
     out = dst if dst is not None else y.new_empty(n, c, s * h, s * w)
     for c0 in range(0, c, step):
         sl = slice(c0, min(c, c0 + step))
-        if lam is not None and s > 1:
+        if (lam is not None and s > 1) or rows_inverse:
             solve(sl, out[:, sl])
         else:
             out[:, sl] = solve(sl)
