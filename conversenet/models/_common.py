@@ -71,12 +71,16 @@ class ConverseStack(nn.Sequential):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks one after another. With autograd (and ``recompute``, no forward hooks,
-        not under torch.compile) each block keeps about half of its activations: its
-        pointwise branch (LayerNorm -> 1x1 -> GELU -> 1x1) and the GELU -> 1x1 tail of its
-        Converse2d branch run under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant),
-        i.e. they are recomputed in backward from their inputs. For Converse-DnCNN's training
-        step (16 x 1 x 64 x 64) the live peak went from 6.3 to 4.1 GB, for the time of running
-        those parts forward once more (docs/PERFORMANCE.md, run Z3)."""
+        not under torch.compile) each block keeps part of its activations and recomputes the
+        rest in backward. On channels-last CPU features a standard block runs as the fused
+        autograd pieces of :mod:`conversenet.nn._block_train` (its Converse2d branch keeps x,
+        the first 1x1 result and the operator's result; its pointwise branch keeps x only;
+        temporaries come from a reused workspace). Other blocks run their pointwise branch
+        (LayerNorm -> 1x1 -> GELU -> 1x1) and the GELU -> 1x1 tail of their Converse2d branch
+        under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant). Converse-DnCNN's
+        training step (16 x 1 x 64 x 64), live peak: 6.3 GB keeping everything, 4.1 GB with
+        the checkpointing, 2.45 GB with the fused pieces, which are also faster
+        (docs/PERFORMANCE.md)."""
         if not (self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and not hooked(*self.modules())):
             return super().forward(x)
