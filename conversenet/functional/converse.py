@@ -542,7 +542,7 @@ def _converse_chunked(
         g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
         if not rows_inverse:
             return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
-        fy = _fft.rfft2(_pad4(y[:, sl], pads, mode)).contiguous().mul_(g)  # (the split path's is not)
+        fy = _fft.rfft2(_pad4(y[:, sl], pads, mode)).contiguous().mul_(g)  # axes/split: strided
         rows = _workspace.buffer("solve-rows", (n, dst.shape[1], h, wp), y)
         _fft.irfft2_rows(fy, size, pads[2], rows)
         dst.copy_(rows[..., pads[0] : pads[0] + w])

@@ -138,6 +138,19 @@ def _gelu_backward(grad: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> to
     return torch.ops.aten.gelu_backward.grad_input(grad, a, approximate="none", grad_input=out)
 
 
+def _head_grads(ga: torch.Tensor, x: torch.Tensor, ln_w, ln_b, eps: float, w, b, need, stats=None):
+    """Backward of ``conv1x1(LN(x))`` from the gradient ``ga`` (P, O) of its result:
+    (gx as a channels-last image or None, g ln_w, g ln_b, gw, gb). ``stats``: the LayerNorm's
+    (out, mean, rstd) when the caller recomputed them already; ``need``: the autograd
+    function's needs_input_grad, in the order (x, ln_w, ln_b, eps, w, b, ...)."""
+    x2 = _rows(x)
+    ln, mean, rstd = stats if stats is not None else _layer_norm(x2, ln_w, ln_b, eps)
+    gw, gb = _linear_grads(ga, ln, w, b, need[4], need[5])
+    gln = torch.mm(ga, _mat(w), out=_buf("bt-grad-narrow", ga.shape[0], x.shape[1], x))
+    gx, glw, glb = _layer_norm_backward(gln, x2, mean, rstd, ln_w, ln_b, list(need[:3]))
+    return (_image(gx, x) if gx is not None else None), glw, glb, gw, gb
+
+
 def _differentiable(plain, ctx, grads, inputs):
     """create_graph=True: the piece again in plain torch operations, differentiated by
     autograd (the saved inputs carry their own graphs)."""
@@ -173,14 +186,9 @@ class _Head(torch.autograd.Function):
         x, ln_w, ln_b, w, b, a = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _differentiable(_plain_head, ctx, grad, (x, ln_w, ln_b, ctx.eps, w, b))
-        x2, g2 = _rows(x), _rows(_channels_last(grad))
-        p, o = a.shape
-        ga = _gelu_backward(g2, a, _buf("bt-grad-hidden", p, o, x))
-        ln, mean, rstd = _layer_norm(x2, ln_w, ln_b, ctx.eps)
-        gw, gb = _linear_grads(ga, ln, w, b, ctx.needs_input_grad[4], ctx.needs_input_grad[5])
-        gln = torch.mm(ga, _mat(w), out=_buf("bt-grad-narrow", p, x.shape[1], x))
-        gx, glw, glb = _layer_norm_backward(gln, x2, mean, rstd, ln_w, ln_b, list(ctx.needs_input_grad[:3]))
-        return (_image(gx, x) if gx is not None else None), glw, glb, None, gw, gb
+        ga = _gelu_backward(_rows(_channels_last(grad)), a, _buf("bt-grad-hidden", *a.shape, x))
+        gx, glw, glb, gw, gb = _head_grads(ga, x, ln_w, ln_b, ctx.eps, w, b, ctx.needs_input_grad)
+        return gx, glw, glb, None, gw, gb
 
 
 def _plain_tail(c, w, b):
@@ -247,10 +255,8 @@ class _Mlp(torch.autograd.Function):
         gw2, gb2 = _linear_grads(g2, d, w2, b2, need[6], need[7])
         gd = torch.mm(g2, _mat(w2), out=_buf("bt-grad-hidden", p, o, x))
         ga = _gelu_backward(gd, a, gd)                                  # in place: gd is spent
-        gw1, gb1 = _linear_grads(ga, ln, w1, b1, need[4], need[5])
-        gln = torch.mm(ga, _mat(w1), out=_buf("bt-grad-narrow", p, x.shape[1], x))
-        gx, glw, glb = _layer_norm_backward(gln, x2, mean, rstd, ln_w, ln_b, list(need[:3]))
-        return (_image(gx, x) if gx is not None else None), glw, glb, None, gw1, gb1, gw2, gb2
+        gx, glw, glb, gw1, gb1 = _head_grads(ga, x, ln_w, ln_b, ctx.eps, w1, b1, need, (ln, mean, rstd))
+        return gx, glw, glb, None, gw1, gb1, gw2, gb2
 
 
 def _plain_branch1(x, ln_w, ln_b, eps, w1, b1, g, pads, mode, w2, b2):
@@ -287,7 +293,7 @@ class _Branch1(torch.autograd.Function):
                                    (x, ln_w, ln_b, ctx.eps, w1, b1, g, ctx.pads, ctx.mode, w2, b2))
         need = ctx.needs_input_grad
         n, _, h, w = x.shape
-        x2, g2, c2 = _rows(x), _rows(_channels_last(grad)), _rows(c)
+        g2, c2 = _rows(_channels_last(grad)), _rows(c)
         p, o = c2.shape
         # tail: GELU -> 1x1
         d = torch.ops.aten.gelu.out(c2, out=_buf("bt-hidden", p, o, x))
@@ -301,8 +307,5 @@ class _Branch1(torch.autograd.Function):
         # head: LN -> 1x1 -> GELU
         gy2 = _rows(gy)
         ga = _gelu_backward(gy2, a, gy2)                                          # in place
-        ln, mean, rstd = _layer_norm(x2, ln_w, ln_b, ctx.eps)
-        gw1, gb1 = _linear_grads(ga, ln, w1, b1, need[4], need[5])
-        gln = torch.mm(ga, _mat(w1), out=_buf("bt-grad-narrow", p, x.shape[1], x))
-        gx, glw, glb = _layer_norm_backward(gln, x2, mean, rstd, ln_w, ln_b, list(need[:3]))
-        return ((_image(gx, x) if gx is not None else None), glw, glb, None, gw1, gb1, gg, None, None, gw2, gb2)
+        gx, glw, glb, gw1, gb1 = _head_grads(ga, x, ln_w, ln_b, ctx.eps, w1, b1, need)
+        return gx, glw, glb, None, gw1, gb1, gg, None, None, gw2, gb2
