@@ -40,8 +40,9 @@ class TestChunkedSolve(BaseTester):
     def _groups_of_two(self, monkeypatch, s, padding=2):
         hp, wp = 7 + 2 * padding, 6 + 2 * padding
         monkeypatch.setattr(_tuning, "SOLVE_CHUNK_ELEMS", 2 * 2 * s * s * hp * wp)  # 2 channels a group
-        # s = 1 builds each group's filter; s > 1 solves each group at the input size
-        return self.spy(monkeypatch, _fc, "converse_filter") if s == 1 else \
+        # s = 1 builds each group's filter (from the kernel's factor made once for all
+        # channels); s > 1 solves each group at the input size
+        return self.spy(monkeypatch, _fc, "_filter_from_rows") if s == 1 else \
             self.spy(monkeypatch, _fc._upsolve, "converse_up")
 
     @pytest.mark.parametrize("s", [1, 2])
@@ -55,6 +56,24 @@ class TestChunkedSolve(BaseTester):
         ref = dense_converse(y.double().numpy(), k.double().numpy(), lam.double().reshape(1, -1).numpy(), s, 2,
                              "reflect")
         self.assert_close(out, ref, dtype)
+
+    @pytest.mark.parametrize("batched", ["lam", "kernel"])
+    def test_groups_with_per_sample_lam_or_kernel(self, monkeypatch, batched):
+        """s = 1 groups whose filter cannot come from the kernel's shared factor (lam given
+        per sample, shared kernel) and groups with a per-sample kernel: each group is still
+        solved exactly (dense float64 solves per sample)."""
+        y, k, lam = self._inputs(torch.float64, 1)
+        gen = torch.Generator().manual_seed(8)
+        lam2 = torch.stack([lam, lam.flip(0) * 2]) if batched == "lam" else lam.reshape(1, -1)
+        k2 = torch.cat([k, softmax_kernel(gen, 1, self.C, 3, 3)]) if batched == "kernel" else k
+        factor = self.spy(monkeypatch, _fc, "_filter_from_rows")
+        whole = self.spy(monkeypatch, _fc, "converse_filter")
+        monkeypatch.setattr(_tuning, "SOLVE_CHUNK_ELEMS", 2 * 2 * 11 * 10)  # 2 channels a group
+        with torch.no_grad():
+            out = converse2d(y, k2, lam2.reshape(-1, self.C, 1, 1), 1, 2, "reflect")
+        assert (len(whole), len(factor)) == ((3, 0) if batched == "lam" else (0, 3))
+        ref = dense_converse(y.numpy(), k2.numpy(), lam2.numpy(), 1, 2, "reflect")
+        assert (out - torch.from_numpy(ref)).abs().max().item() < 1e-10
 
     @pytest.mark.parametrize("one_group", [False, True])
     @pytest.mark.parametrize("s", [1, 2])

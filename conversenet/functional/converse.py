@@ -182,8 +182,7 @@ def converse_filter(
     big = (s * h, s * w)
     lam_c = lam.to(weight.dtype)
     if s == 1:
-        if (not _tracks_grad(weight, lam_c) and lam_c.shape[0] <= weight.shape[0]
-                and weight.shape[-2] * weight.shape[-1] <= _tuning.DFT_MAX_TAPS):
+        if _real_filter_applies(weight, lam_c):
             return _filter_s1_real(weight, lam_c, big, x0)
         fk = kernel_otf(weight, big, onesided=True)
         fk2 = fk.real.square() + fk.imag.square()
@@ -222,28 +221,48 @@ _caches.register("solver-tables",
                  _caches.TABLES, _dft_matrix, _cos_sin_matrix, _wrap_index)
 
 
+def _real_filter_applies(weight: torch.Tensor, lam: torch.Tensor) -> bool:
+    """Whether the s = 1 filter may come from :func:`_filter_s1_real` (no autograd, lam not
+    batched beyond the kernel, a kernel small enough for the matrix products)."""
+    return (not _tracks_grad(weight, lam) and lam.shape[0] <= weight.shape[0]
+            and weight.shape[-2] * weight.shape[-1] <= _tuning.DFT_MAX_TAPS)
+
+
 def _filter_s1_real(weight: torch.Tensor, lam: torch.Tensor, big: Tuple[int, int], x0: str) -> torch.Tensor:
     """The s = 1 filter without autograd, from real arithmetic on contiguous planes.
 
     With the DFT matrices split as ``E = C - iS``, the kernel spectrum is
-    ``FK = (C K C'^T - S K S'^T) - i (S K C'^T + C K S'^T)``: two real matrix products
-    give Re FK and Im conj(FK) as contiguous planes, and
+    ``FK = (C K C'^T - S K S'^T) - i (S K C'^T + C K S'^T)``: real matrix products give
+    Re FK and Im conj(FK) as planes (:func:`_kernel_rows`, :func:`_filter_from_rows`), and
     ``G = (conj(FK) + lam) / (|FK|^2 + lam)`` (``lam`` dropped from the numerator for
     x0 = "zero") is a few passes over them, instead of strided passes over interleaved
     complex numbers. weight: (B, C, kh, kw); lam: (B' <= B, C, 1, 1). Returns the
     complex (B, C, M, N//2+1) filter on the rfft half-plane.
     """
-    m, n = big
-    kh, kw = weight.shape[-2:]
+    return _filter_from_rows(_kernel_rows(weight, big[1]), lam, big[0], x0)
+
+
+def _kernel_rows(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, 2kh, 2N') real factor ``[[K C'^T, K S'^T], [-K S'^T, K C'^T]]`` of the s = 1
+    kernel spectrum on an (M, n) plane, N' = n//2+1, for weight (B, C, kh, kw): the product
+    ``[C | S] @ it`` is ``[Re FK | Im conj(FK)]``, (M, 2N') per channel. float64 for float64
+    kernels, float32 otherwise. Small: made once per call, for all channels."""
+    kw = weight.shape[-1]
     dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    k = weight.to(dt)
-    lm = _cos_sin_matrix(m, kh, m, weight.device, dt)            # (M, 2kh)  [C | S]
-    ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)   # (N', 2kw) [C' | S']
-    kc = torch.matmul(k, ln[:, :kw].transpose(0, 1))             # K C'^T, (B, C, kh, N')
-    ks = torch.matmul(k, ln[:, kw:].transpose(0, 1))             # K S'^T
-    re = torch.matmul(lm, torch.cat([kc, ks.neg()], dim=-2))     # C K C' - S K S'   = Re FK
-    im = torch.matmul(lm, torch.cat([ks, kc], dim=-2))           # S K C' + C K S'   = Im conj(FK)
-    return _filter_from_parts(re, im, lam.to(dt), x0)
+    ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)           # (N', 2kw) [C' | S']
+    nq = ln.shape[0]
+    kcs = torch.matmul(weight.to(dt), ln.reshape(nq, 2, kw).transpose(0, 2).reshape(kw, 2 * nq))
+    kc, ks = kcs[..., :nq], kcs[..., nq:]                                 # K C'^T, K S'^T
+    return torch.cat([kcs, torch.cat([ks.neg(), kc], dim=-1)], dim=-2)
+
+
+def _filter_from_rows(rows: torch.Tensor, lam: torch.Tensor, m: int, x0: str) -> torch.Tensor:
+    """The s = 1 filter on an (m, N) plane from :func:`_kernel_rows` (B, C, 2kh, 2N'): one
+    (M, 2kh) x (2kh, 2N') product per channel gives Re FK and Im conj(FK) side by side."""
+    kh, nq = rows.shape[-2] // 2, rows.shape[-1] // 2
+    lm = _cos_sin_matrix(m, kh, m, rows.device, rows.dtype)              # (M, 2kh) [C | S]
+    both = torch.matmul(lm, rows)
+    return _filter_from_parts(both[..., :nq], both[..., nq:], lam.to(rows.dtype), x0)
 
 
 def _filter_from_parts(re: torch.Tensor, im: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
@@ -534,12 +553,22 @@ def _converse_chunked(
 
     # CPUs, s = 1: the inverse transform only for the rows kept, on the group's own spectrum
     rows_inverse = s == 1 and y.device.type == "cpu"
+    # s = 1 filters from real products: the kernel's small factor once for all channels
+    real = lam is not None and s == 1 and _real_filter_applies(k_or_g, lam)
+    kernel_rows = _kernel_rows(k_or_g, wp) if real else None
+
+    def group_filter(sl: slice) -> torch.Tensor:
+        if lam is None:
+            return k_or_g[:, sl]
+        if kernel_rows is not None:
+            return _filter_from_rows(kernel_rows[:, sl], lam[:, sl], hp, x0)
+        return converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
 
     def solve(sl: slice, dst: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         if lam is not None and s > 1:  # solved at the input size, written into dst (see _upsolve)
             return _upsolve.converse_up(_pad4(y[:, sl], pads, mode), y[:, sl], k_or_g[:, sl], lam[:, sl],
                                         pads, s, x0, out=dst)
-        g = k_or_g[:, sl] if lam is None else converse_filter(k_or_g[:, sl], lam[:, sl], size, s, x0)
+        g = group_filter(sl)
         if not rows_inverse:
             return _crop(_apply_filter(_pad4(y[:, sl], pads, mode), g, s), pads, s, h, w)
         fy = _fft.rfft2(_pad4(y[:, sl], pads, mode)).contiguous().mul_(g)  # axes/split: strided
@@ -550,7 +579,7 @@ def _converse_chunked(
 
     if step >= c and dst is None and not rows_inverse:
         return solve(slice(0, c))
-    out = dst if dst is not None else y.new_empty(n, c, s * h, s * w)
+    out = dst if dst is not None else _workspace.fresh((n, c, s * h, s * w), y.dtype, y.device)
     for c0 in range(0, c, step):
         sl = slice(c0, min(c, c0 + step))
         if (lam is not None and s > 1) or rows_inverse:
