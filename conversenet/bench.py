@@ -1,7 +1,9 @@
 """Benchmark of Converse2D against the paper's Algorithm 1, an FFT floor and convolutions.
 
-Everything runs side by side in one process: every implementation of a case is warmed
-up, then timed ``repeat`` times; the table shows medians, the speed-up over the
+Everything runs side by side in one process: every implementation of a case makes its
+first call, then all are warmed up and timed in turns (one call of each per round,
+``repeat`` rounds), so that they run in the same process state and under the same
+noise; the table shows medians, the speed-up over the
 baseline (``x base`` = baseline median / median, higher is better), the peak memory and
 its ratio to the baseline's, and for the Converse2D rows the ratio to the FFT floor
 (``/floor`` = median / floor median, 1.0 is the floor). An implementation that raises is
@@ -310,16 +312,13 @@ class Result:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_s: float,
-             mem: _PeakMemory, clock: str = "wall", cold_only: bool = False):
-    """Peak memory of the first call (CUDA; CPU peaks come from a worker process, see
-    :func:`_worker_peaks`), then ``repeat`` timed calls after ``warmup`` calls.
+def _first_call(fn: Callable[[], object], device, mem: _PeakMemory, clock: str = "wall"):
+    """Runs the first call of an implementation: (seconds, CUDA peak bytes or None).
 
-    The first call counts as the first warm-up call; on CUDA it sees every one-time
-    allocation that persists (e.g. filter caches), so those count in the peak. When it alone takes longer than ``budget_s`` (or ``cold_only``), its time is the only
-    sample (``cold``): the whole case is then timed that way, baseline and ours alike.
-    Seconds the CPU FFT policy spends timing its candidates during that call (once per
-    transform size and process) are not counted in it.
+    On CUDA it sees every one-time allocation that persists (e.g. filter caches), so those
+    count in the peak (CPU peaks come from a worker process, see :func:`_worker_peaks`).
+    Seconds the CPU FFT policy spends timing its candidates during the call (once per
+    transform size and process, a one-time cost like plan creation) are not counted.
     """
     from .functional import _fft_policy
 
@@ -327,23 +326,44 @@ def _measure(fn: Callable[[], object], device, warmup: int, repeat: int, budget_
     spent = _fft_policy.measuring_seconds()
     t0 = now()
     peak = mem.measure(lambda: (fn(), _sync(device)))
-    # the CPU FFT policy times its candidates once per transform size, on first use (a
-    # one-time cost like plan creation): not part of a cold call's time
-    first = max(now() - t0 - (_fft_policy.measuring_seconds() - spent), 1e-9)
-    if cold_only or first > budget_s:
-        return [first], peak, True
+    return max(now() - t0 - (_fft_policy.measuring_seconds() - spent), 1e-9), peak
+
+
+def _round_robin(fns: Sequence[Callable[[], object]], device, warmup: int, repeat: int, budget_s: float,
+                 clock: str = "wall"):
+    """Times the implementations of one case in turns: ``warmup - 1`` more untimed calls of
+    each (the first call was the first warm-up), then up to ``repeat`` rounds of one timed
+    call of each. An implementation stops once its timed calls add up to more than
+    ``budget_s`` (never fewer than one). Taking turns keeps every implementation in the same
+    process state (the FFT choices that any of their first calls made, glibc's malloc
+    thresholds that their large buffers moved) and lets a noisy neighbour slow all of them
+    alike. Returns (times per implementation, error text or None per implementation): one
+    that raises is dropped from the later rounds."""
+    now = CLOCKS[clock]
+    times: List[List[float]] = [[] for _ in fns]
+    errors: List[Optional[str]] = [None] * len(fns)
+
+    def call(i: int) -> None:
+        try:
+            fns[i]()
+            _sync(device)
+        except Exception as e:
+            errors[i] = _error(e)
+
     for _ in range(warmup - 1):
-        fn()
-        _sync(device)
-    times = []
+        for i in range(len(fns)):
+            if errors[i] is None:
+                call(i)
     for _ in range(repeat):
-        t0 = now()
-        fn()
-        _sync(device)
-        times.append(now() - t0)
-        if sum(times) > budget_s:
-            break  # slow rows: fewer repetitions, never fewer than one
-    return times, peak, False
+        turn = [i for i in range(len(fns)) if errors[i] is None and (not times[i] or sum(times[i]) <= budget_s)]
+        if not turn:
+            break
+        for i in turn:
+            t0 = now()
+            call(i)
+            if errors[i] is None:
+                times[i].append(now() - t0)
+    return times, errors
 
 
 # --------------------------------------------------------------------------------------
@@ -637,22 +657,39 @@ def _run_rows(rows, threads, dtype, dev, repeat, warmup, budget_s, log, clock, m
             if log:
                 log(f"[FAILED] {row}: {_error(e)}")
             continue
+        # every implementation's first call, then the timed calls in turns (_round_robin)
         group: List[Result] = []
-        cold = False
+        live = []  # (result, fn, first-call seconds)
         for impl in impls:
             try:
                 fn = impl.make()
-                times, peak, cold = _measure(fn, dev, warmup, repeat, budget_s, mem, clock, cold)
-                del fn
+                first, peak = _first_call(fn, dev, mem, clock)
             except Exception as e:
                 group.append(Result(desc, impl.name, impl.kind, error=_error(e)))
                 if log:
                     log(f"  [FAILED] {row}: {impl.name}: {_error(e)}")
                 continue
-            r = Result(desc, impl.name, impl.kind, times, peak, statistics.median(times), cold=cold)
+            r = Result(desc, impl.name, impl.kind, peak_bytes=peak)
             group.append(r)
+            live.append((r, fn, first))
             if log:
-                log(f"  {row}: {impl.name}: {_ms(r.median_s)} ms (n={len(times)})")
+                log(f"  {row}: {impl.name}: first call {_ms(first)} ms")
+        # a first call slower than the budget: the whole case is timed by first calls
+        cold = any(first > budget_s for _, _, first in live)
+        if cold:
+            all_times, errors = [[first] for _, _, first in live], [None] * len(live)
+        else:
+            all_times, errors = _round_robin([fn for _, fn, _ in live], dev, warmup, repeat, budget_s, clock)
+        for (r, _, _), times, err in zip(live, all_times, errors):
+            if err is not None:
+                r.error, r.peak_bytes = err, None
+                if log:
+                    log(f"  [FAILED] {row}: {r.impl}: {err}")
+                continue
+            r.times_s, r.median_s, r.cold = times, statistics.median(times), cold
+            if log:
+                log(f"  {row}: {r.impl}: {_ms(r.median_s)} ms (n={len(times)})")
+        del live
         if mem.method and dev.type == "cpu":  # after the timing: the FFT choices are made
             for r, peak in zip(group, _worker_peaks(row, dtype, threads, len(group))):
                 r.peak_bytes = None if r.error is not None else peak

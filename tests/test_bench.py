@@ -187,3 +187,75 @@ def test_failed_row_is_reported_and_exit_code_is_nonzero(monkeypatch, capsys):
     assert "2 implementation(s) FAILED" in captured.err
     # the rest of the half-broken row still ran, and its ratios skip the failed entry
     assert "baseline (Algorithm 1)" in captured.out
+
+
+class _FakeClock:
+    """A clock that moves only when an implementation says how long its call took."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _timed_impls(clock, events, costs, fail_on=None):
+    """One fake implementation per name in ``costs``: each call logs ``(name, n)`` in
+    ``events`` and advances ``clock`` by its cost; ``fail_on``: (name, n) raises there."""
+    def make(name):
+        def build():
+            events.append(("make", name))
+            count = [0]
+
+            def call():
+                count[0] += 1
+                events.append((name, count[0]))
+                if fail_on == (name, count[0]):
+                    raise RuntimeError(f"{name} broke")
+                clock.t += costs[name]
+            return call
+        return build
+    kinds = ["baseline", "ours", "floor"]
+    return [bench._Impl(name, kinds[i % 3], make(name)) for i, name in enumerate(costs)]
+
+
+def _run_fake_row(monkeypatch, costs, repeat, warmup, budget, fail_on=None):
+    clock, events = _FakeClock(), []
+    monkeypatch.setitem(bench.CLOCKS, "fake", clock)
+    monkeypatch.setitem(bench.ROWS, "fake", ("a fake row", lambda d, dev: _timed_impls(clock, events, costs, fail_on)))
+    res = bench.run_bench(["fake"], threads=1, repeat=repeat, warmup=warmup, budget_s=budget, clock="fake",
+                          memory=False)
+    return {r.impl: r for r in res}, events
+
+
+def test_first_calls_of_all_then_timed_calls_in_turns(monkeypatch):
+    """Every implementation makes its first call before any is timed; warm-up and timed
+    calls then take turns, one call of each per round."""
+    res, events = _run_fake_row(monkeypatch, {"a": 1.0, "b": 2.0, "c": 0.5}, repeat=3, warmup=2, budget=100)
+    assert events[:6] == [("make", "a"), ("a", 1), ("make", "b"), ("b", 1), ("make", "c"), ("c", 1)]
+    rounds = [e[0] for e in events[6:]]
+    assert rounds == ["a", "b", "c"] * 4  # one warm-up round, then three timed rounds
+    assert [res[k].times_s for k in "abc"] == [[1.0] * 3, [2.0] * 3, [0.5] * 3]
+    assert res["a"].speedup == 1.0 and res["b"].speedup == 0.5 and res["b"].vs_floor == 4.0
+    assert not any(r.cold for r in res.values())
+
+
+def test_budget_stops_each_implementation_on_its_own(monkeypatch):
+    res, _ = _run_fake_row(monkeypatch, {"slow": 1.0, "fast": 0.1}, repeat=5, warmup=1, budget=1.5)
+    assert len(res["slow"].times_s) == 2  # 1.0, then 2.0 > 1.5: no third call
+    assert len(res["fast"].times_s) == 5
+
+
+def test_a_first_call_over_the_budget_times_the_whole_case_cold(monkeypatch):
+    res, events = _run_fake_row(monkeypatch, {"a": 0.2, "b": 3.0}, repeat=4, warmup=2, budget=1.0)
+    assert all(r.cold for r in res.values())
+    assert res["a"].times_s == [0.2] and res["b"].times_s == [3.0]
+    assert len([e for e in events if e[0] != "make"]) == 2  # the first calls only
+
+
+def test_an_implementation_failing_in_a_later_round_is_dropped(monkeypatch):
+    res, events = _run_fake_row(monkeypatch, {"a": 1.0, "b": 1.0}, repeat=4, warmup=1, budget=100,
+                                fail_on=("b", 3))
+    assert res["b"].error == "RuntimeError: b broke" and res["b"].peak_bytes is None
+    assert len(res["a"].times_s) == 4 and res["a"].error is None
+    assert max(n for name, n in events if name == "b") == 3  # no call after the failure
