@@ -243,36 +243,37 @@ def _filter_s1_real(weight: torch.Tensor, lam: torch.Tensor, big: Tuple[int, int
 
 
 def _kernel_rows(weight: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, C, 2kh, 2N') real factor ``[[K C'^T, K S'^T], [-K S'^T, K C'^T]]`` of the s = 1
-    kernel spectrum on an (M, n) plane, N' = n//2+1, for weight (B, C, kh, kw): the product
-    ``[C | S] @ it`` is ``[Re FK | Im conj(FK)]``, (M, 2N') per channel. float64 for float64
-    kernels, float32 otherwise. Small: made once per call, for all channels."""
+    """(B, C, 2, 2kh, N') real factors ``[K C'^T; -K S'^T]`` and ``[K S'^T; K C'^T]`` of the
+    s = 1 kernel spectrum on an (M, n) plane, N' = n//2+1, for weight (B, C, kh, kw): the
+    products ``[C | S] @ them`` are Re FK and Im conj(FK), (M, N') each. float64 for
+    float64 kernels, float32 otherwise. Small: made once per call, for all channels."""
     kw = weight.shape[-1]
     dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
     ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)           # (N', 2kw) [C' | S']
     nq = ln.shape[0]
     kcs = torch.matmul(weight.to(dt), ln.reshape(nq, 2, kw).transpose(0, 2).reshape(kw, 2 * nq))
     kc, ks = kcs[..., :nq], kcs[..., nq:]                                 # K C'^T, K S'^T
-    return torch.cat([kcs, torch.cat([ks.neg(), kc], dim=-1)], dim=-2)
+    return torch.stack([torch.cat([kc, ks.neg()], dim=-2), torch.cat([ks, kc], dim=-2)], dim=-3)
 
 
 def _filter_from_rows(rows: torch.Tensor, lam: torch.Tensor, m: int, x0: str) -> torch.Tensor:
-    """The s = 1 filter on an (m, N) plane from :func:`_kernel_rows` (B, C, 2kh, 2N'): one
-    (M, 2kh) x (2kh, 2N') product per channel gives Re FK and Im conj(FK) side by side."""
-    kh, nq = rows.shape[-2] // 2, rows.shape[-1] // 2
+    """The s = 1 filter on an (m, N) plane from :func:`_kernel_rows` (B, C, 2, 2kh, N'): one
+    batched (M, 2kh) x (2kh, N') product gives the Re FK and Im conj(FK) planes."""
+    kh = rows.shape[-2] // 2
     lm = _cos_sin_matrix(m, kh, m, rows.device, rows.dtype)              # (M, 2kh) [C | S]
-    both = torch.matmul(lm, rows)
-    return _filter_from_parts(both[..., :nq], both[..., nq:], lam.to(rows.dtype), x0)
+    parts = torch.matmul(lm, rows)
+    return _filter_from_parts(parts[..., 0, :, :], parts[..., 1, :, :], lam.to(rows.dtype), x0)
 
 
 def _filter_from_parts(re: torch.Tensor, im: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
     """``G = (conj(FK) + lam) / (|FK|^2 + lam)`` (``lam`` dropped from the numerator for
     x0 = "zero") from ``re`` = Re FK and ``im`` = Im conj(FK), both overwritten; ``lam``
     broadcasts against them. Complex result."""
-    inv = torch.addcmul(lam, re, re).addcmul_(im, im).reciprocal_()
+    den = torch.addcmul(lam, re, re).addcmul_(im, im)
     if x0 != "zero":
         re.add_(lam)
-    return torch.complex(re.mul_(inv), im.mul_(inv))
+    # two divisions rather than a reciprocal and two products: one pass fewer over the planes
+    return torch.complex(re.div_(den), im.div_(den))
 
 
 Pads = Tuple[int, int, int, int]  # (left, right, top, bottom), F.pad order
