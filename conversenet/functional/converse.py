@@ -251,9 +251,15 @@ def _kernel_rows(weight: torch.Tensor, n: int) -> torch.Tensor:
     dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
     ln = _cos_sin_matrix(n, kw, n // 2 + 1, weight.device, dt)           # (N', 2kw) [C' | S']
     nq = ln.shape[0]
+    kh = weight.shape[-2]
     kcs = torch.matmul(weight.to(dt), ln.reshape(nq, 2, kw).transpose(0, 2).reshape(kw, 2 * nq))
     kc, ks = kcs[..., :nq], kcs[..., nq:]                                 # K C'^T, K S'^T
-    return torch.stack([torch.cat([kc, ks.neg()], dim=-2), torch.cat([ks, kc], dim=-2)], dim=-3)
+    rows = kcs.new_empty(*kcs.shape[:-2], 2, 2 * kh, nq)
+    rows[..., 0, :kh, :] = kc
+    torch.neg(ks, out=rows[..., 0, kh:, :])
+    rows[..., 1, :kh, :] = ks
+    rows[..., 1, kh:, :] = kc
+    return rows
 
 
 def _filter_from_rows(rows: torch.Tensor, lam: torch.Tensor, m: int, x0: str) -> torch.Tensor:
