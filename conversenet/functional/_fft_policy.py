@@ -58,6 +58,9 @@ PATHS = ("torch", "axes", "split", "scipy", "ducc")
 #: the other decision :func:`choose` takes: the memory order of the 1x1 products of a
 #: converse block (conversenet.nn.converse.pixel_major_faster)
 LAYOUTS = ("planar", "pixel")
+#: and the s = 1 filter of the chunked solve: torch's ops or one fused numba pass
+#: (conversenet.functional._fused)
+FILTERS = ("fused",)
 ENV = "CONVERSENET_FFT"
 CACHE_ENV = "CONVERSENET_FFT_CACHE"
 
@@ -181,10 +184,12 @@ Runner = Callable[[], object]
 def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
            candidates: Dict[str, Callable[[int], Runner]]) -> str:
     """The implementation for one CPU transform (or, with ``op="mm1x1"``, the memory order
-    of a block's 1x1 products: ``h``, ``w`` = input and output channels, ``planes`` = pixels).
+    of a block's 1x1 products: ``h``, ``w`` = input and output channels, ``planes`` = pixels;
+    with ``op="s1_filter"``, torch's ops or the fused pass for the s = 1 filter).
 
     Args:
-        op: ``"rfft2"``, ``"irfft2"``, ``"irfft2_rows"``, ``"rfft2_cl"``, ``"irfft2_cl"`` or ``"mm1x1"``.
+        op: ``"rfft2"``, ``"irfft2"``, ``"irfft2_rows"``, ``"rfft2_cl"``, ``"irfft2_cl"``, ``"mm1x1"``
+            or ``"s1_filter"``.
         h, w: real plane size (the output size for ``irfft2``).
         planes: number of planes in the call (bucketed to a power of two).
         dtype: real dtype of the plane.
@@ -273,7 +278,7 @@ def format_decisions() -> str:
 def _valid(key, d) -> bool:
     """A decision entry as :func:`choose` writes it (checked before anything is taken in)."""
     return (isinstance(key, str) and key.count("|") == 5 and isinstance(d, dict)
-            and d.get("path") in PATHS + LAYOUTS and isinstance(d.get("ms"), dict)
+            and d.get("path") in PATHS + LAYOUTS + FILTERS and isinstance(d.get("ms"), dict)
             and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in d["ms"].items()))
 
 
