@@ -21,10 +21,14 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["available", "apply_s1_filter"]
+from .. import _caches
+
+__all__ = ["available", "apply_s1_filter", "choose"]
 
 _kernel: list = []  # [compiled function] or [None] when numba is missing
 _lock = threading.Lock()
+_caches.register("fused-filter", "the s = 1 filter pass compiled by numba (one function, in memory)",
+                 "one per process; compiled again on next use", _kernel)
 
 
 def _compile() -> Optional[Callable]:
