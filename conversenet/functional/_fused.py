@@ -82,14 +82,14 @@ def apply_s1_filter(fy: torch.Tensor, parts: torch.Tensor, lam: torch.Tensor, x0
             dtype, Bk = 1 or B.
         lam: (Bl, C, 1, 1) regulariser, Bl = 1 or B.
     """
-    kernel = _get()
-    if kernel is None:
-        raise RuntimeError("the fused s = 1 filter needs numba (pip install 'conversenet[fast]')")
     b, c, m, nq = fy.shape
     if not (fy.is_contiguous() and parts.is_contiguous() and parts.shape[1:] == (c, 2, m, nq)
             and parts.shape[0] in (1, b) and fy.device.type == "cpu"):
         raise ValueError(f"fy {tuple(fy.shape)} and parts {tuple(parts.shape)} do not match "
                          "(contiguous CPU (B, C, M, N') and (1 or B, C, 2, M, N'))")
+    kernel = _get()  # compiled on the first call
+    if kernel is None:
+        raise RuntimeError("the fused s = 1 filter needs numba (pip install 'conversenet[fast]')")
     lam_d = lam.reshape(lam.shape[0], c).to(parts.dtype).contiguous()
     lam_n = torch.zeros_like(lam_d) if x0 == "zero" else lam_d
     import numba
