@@ -124,22 +124,17 @@ def filter_cl(weight: torch.Tensor, lam: torch.Tensor, size: Tuple[int, int], x0
     inner products are (kh, N', C) arrays and the outer ones single (M, 2kh) x (2kh, N' C)
     products, so FK comes out channels-last. G = (conj(FK) + lam) / (|FK|^2 + lam), lam
     dropped from the numerator for x0 = "zero" (the planar filter's own arithmetic)."""
-    # the same exact-phase tables and filter arithmetic as the planar filter
-    from .converse import _cos_sin_matrix, _filter_from_parts
+    # the planar filter's kernel factor, exact-phase tables and arithmetic
+    from .converse import _cos_sin_matrix, _filter_from_parts, _kernel_rows
 
     m, n = size
-    _, c, kh, kw = weight.shape
+    _, c, kh, _ = weight.shape
     nq = n // 2 + 1
-    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    k = weight.detach().to(dt)[0]                                 # (C, kh, kw)
-    lm = _cos_sin_matrix(m, kh, m, weight.device, dt)             # (M, 2kh)  [Cos | Sin]
-    ln = _cos_sin_matrix(n, kw, nq, weight.device, dt)            # (N', 2kw) [Cos' | Sin']
-    both = torch.cat([ln[:, :kw], ln[:, kw:]], dim=0)             # (2N', kw): Cos' over Sin'
-    kcs = torch.matmul(k, both.transpose(0, 1)).permute(1, 2, 0)  # (kh, 2N', C): K Cos'^T | K Sin'^T
-    kc, ks = kcs[:, :nq], kcs[:, nq:]
-    re = torch.matmul(lm, torch.cat([kc, ks.neg()], dim=0).reshape(2 * kh, nq * c)).view(m, nq, c)  # Re FK
-    im = torch.matmul(lm, torch.cat([ks, kc], dim=0).reshape(2 * kh, nq * c)).view(m, nq, c)  # Im conj(FK)
-    return _filter_from_parts(re, im, lam.detach().to(dt).reshape(c), x0)
+    rows = _kernel_rows(weight.detach(), n)[0]                         # (C, 2, 2kh, N')
+    lm = _cos_sin_matrix(m, kh, m, weight.device, rows.dtype)         # (M, 2kh)  [Cos | Sin]
+    # channels last: (2, 2kh, N' C), one (M, 2kh) x (2kh, N' C) product per plane
+    parts = torch.matmul(lm, rows.permute(1, 2, 3, 0).reshape(2, 2 * kh, nq * c)).view(2, m, nq, c)
+    return _filter_from_parts(parts[0], parts[1], lam.detach().to(rows.dtype).reshape(c), x0)
 
 
 def solve(y: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor, pads: Pads, mode: str, x0: str,

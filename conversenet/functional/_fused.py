@@ -103,10 +103,9 @@ def choose(planes: int, m: int, n: int, dtype: torch.dtype) -> str:
     """``"fused"`` or ``"torch"`` for the s = 1 filter of ``planes`` (M, n) planes of real
     ``dtype`` on this CPU: measured on first use (op ``s1_filter``) where numba is installed,
     ``"torch"`` otherwise."""
+    from .. import _tuning
     from . import _fft_policy as policy
     from .converse import _filter_from_parts
-
-    from .. import _tuning
 
     if (not available() or dtype not in (torch.float32, torch.float64)
             or planes * m * n < _tuning.FFT_MIN_MEASURED or torch.compiler.is_compiling()):
