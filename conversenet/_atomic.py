@@ -29,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
 __all__ = ["atomic_open", "write_text_atomic", "tmp_prefix", "WriteError", "file_mode", "check_writable_dir",
-           "fsync_dir"]
+           "fsync_dir", "signals_held"]
 
 
 class WriteError(OSError):
@@ -122,13 +124,46 @@ def check_writable_dir(folder: Union[str, os.PathLike], what: str = "output fold
     if not probe.is_dir():
         raise WriteError(folder, OSError(errno.ENOTDIR, f"{probe} is not a folder ({what})"))
     try:
-        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".conversenet-probe.", suffix=".tmp")
+        with signals_held():  # an interrupt is handled after the probe is gone
+            fd, tmp = tempfile.mkstemp(dir=probe, prefix=".conversenet-probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as e:
         # name the argument, and where creation failed when that is a parent of the folder asked for
         where = f"; creating files in {probe}" if probe != folder else ""
         raise WriteError(folder, OSError(e.errno, f"{e.strerror} ({what}{where})")) from None
-    os.close(fd)
-    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT / SIGTERM arriving inside the block are handled when it ends.
+
+    Python runs a signal's handler between any two bytecodes, so a ``KeyboardInterrupt``
+    can be raised inside :func:`tempfile.mkstemp` after the file exists but before its
+    name is returned, where no clean-up can know it. Inside this block the Python
+    handlers of SIGINT and SIGTERM are swapped for one that records the signal; at the
+    end the saved handlers are back and the first recorded signal goes to its own handler
+    (which raises where the caller can clean up). Handlers can only be changed in the main
+    thread; elsewhere (where Python never runs signal handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):  # SIG_DFL / SIG_IGN run no Python code: nothing to hold
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, frame: arrived.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if arrived:
+            signum, frame = arrived[0]
+            saved[signum](signum, frame)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -148,31 +183,33 @@ def atomic_open(path: Union[str, os.PathLike], mode: str = "wb", **kwargs) -> It
     if "w" not in mode:
         raise ValueError(f"mode must be a write mode, got {mode!r}")
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0o600, retried on an existing name
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path), suffix=".tmp")
-    except OSError as e:
-        raise WriteError(path, e) from None
-    try:
-        try:
-            os.fchmod(fd, file_mode())
-            f = os.fdopen(fd, mode, **kwargs)
-        except BaseException:
-            os.close(fd)
-            raise
+        # a signal is handled after the name is bound, inside this try: its clean-up removes the file
+        with signals_held():
+            # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0o600, retried on an existing name
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path), suffix=".tmp")
+            try:
+                os.fchmod(fd, file_mode())
+                f = os.fdopen(fd, mode, **kwargs)
+            except BaseException:
+                os.close(fd)
+                raise
         with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        _unlink_quietly(tmp)
+        if tmp is not None:
+            _unlink_quietly(tmp)
         if isinstance(e, WriteError):
             raise
         raise WriteError(path, e) from None
     except BaseException:
-        _unlink_quietly(tmp)
+        if tmp is not None:
+            _unlink_quietly(tmp)
         raise
 
 

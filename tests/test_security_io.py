@@ -140,6 +140,50 @@ def test_security_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch
     assert p.read_text() == "old\n" and os.listdir(tmp_path) == ["t.csv"]
 
 
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("writer", ["atomic_open", "check_writable_dir"])
+def test_signal_right_after_the_temporary_file_is_created_leaves_no_file(tmp_path, monkeypatch, signame, writer):
+    """A real signal delivered the moment mkstemp has created the file (before its name is
+    returned: the window in which a Ctrl-C once left ``.results.csv.<pid>.<random>.tmp``
+    behind) interrupts the writer, and neither the temporary file nor a new final file is left."""
+    import signal
+
+    sig = getattr(signal, signame)
+    p = tmp_path / "t.csv"
+    _atomic.write_text_atomic("old\n", p)
+    real = tempfile.mkstemp
+    created = []
+
+    def mkstemp_then_signal(**kw):
+        fd, name = real(**kw)
+        created.append(name)
+        os.kill(os.getpid(), sig)  # Python runs the handler at its next check, i.e. in here
+        for _ in range(1000):
+            pass
+        return fd, name
+
+    def stop(signum, frame):
+        raise _Stop(signum)
+
+    old = signal.signal(sig, stop)
+    try:
+        monkeypatch.setattr(_atomic.tempfile, "mkstemp", mkstemp_then_signal)
+        with pytest.raises(_Stop):
+            if writer == "atomic_open":
+                _atomic.write_text_atomic("new\n", p)
+            else:
+                _atomic.check_writable_dir(tmp_path, "--out")
+    finally:
+        signal.signal(sig, old)
+    assert len(created) == 1 and not os.path.exists(created[0])
+    assert sorted(os.listdir(tmp_path)) == ["t.csv"] and p.read_text() == "old\n"
+    assert signal.getsignal(sig) is old  # the handler in place before is back
+
+
 def test_writable_dir_check_names_what_the_folder_is_for(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("")
     with pytest.raises(_atomic.WriteError) as ei:

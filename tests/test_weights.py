@@ -128,6 +128,35 @@ def test_corrupt_download_is_rejected(isolated, monkeypatch):
     assert not any(cache.glob("*.part"))
 
 
+def test_ctrl_c_as_the_part_file_is_created_leaves_nothing_in_the_cache(isolated, monkeypatch):
+    """SIGINT delivered the moment mkstemp has created ``<file>.<random>.part`` (before its name
+    is returned) stops the download, and the cache is left empty."""
+    import os
+    import signal
+    import tempfile
+
+    _, cache = isolated
+    real = tempfile.mkstemp
+    fetched = []
+
+    def mkstemp_then_sigint(**kw):
+        fd, name = real(**kw)
+        os.kill(os.getpid(), signal.SIGINT)  # handled at Python's next check, i.e. in here
+        for _ in range(1000):
+            pass
+        return fd, name
+
+    monkeypatch.setattr(w.tempfile, "mkstemp", mkstemp_then_sigint)
+    monkeypatch.setattr(w, "_fetch", lambda *a, **k: fetched.append(a))
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            create("converse_dncnn_official", pretrained="official")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert fetched == [] and list(cache.iterdir()) == []
+
+
 def test_lookup_order(isolated, official_dir, tmp_path):
     env, cache = isolated
     cache.mkdir(parents=True)

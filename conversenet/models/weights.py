@@ -46,6 +46,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .._atomic import signals_held
+
 __all__ = [
     "WeightsError",
     "ChecksumError",
@@ -322,10 +324,12 @@ def _download(ws: WeightSet, folder: Path, progress: bool) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create the cache folder {folder} for {ws.file}: {e}. " + _how_to_provide(ws)) from e
-    fd, tmp = tempfile.mkstemp(prefix=ws.file + ".", suffix=".part", dir=folder)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        with signals_held():  # Ctrl-C is handled once the name is known to the clean-up below
+            fd, tmp = tempfile.mkstemp(prefix=ws.file + ".", suffix=".part", dir=folder)
+            os.close(fd)
+            tmp_path = Path(tmp)
         try:
             _fetch(url, tmp_path, progress)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
@@ -338,7 +342,7 @@ def _download(ws: WeightSet, folder: Path, progress: bool) -> Path:
         os.replace(tmp_path, final)
         return final
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
