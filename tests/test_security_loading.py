@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from _train_helpers import REPO, cli_env, make_images, tiny_config, write_config
+from _train_helpers import cli_env, make_images, tiny_config, write_config
 from conversenet.cli import main
 from conversenet.data import write_image
 from conversenet.models import WeightsError, create

@@ -15,6 +15,7 @@ asks for it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 from typing import Callable, Optional
@@ -67,8 +68,10 @@ def _get() -> Optional[Callable]:
         return _kernel[0]
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether numba is installed (the kernel is compiled on the first call)."""
+    """Whether numba is installed (the kernel is compiled on the first call); looked up once
+    per process (a search of the import path costs about 25 us, paid by every solve otherwise)."""
     return importlib.util.find_spec("numba") is not None
 
 

@@ -24,7 +24,6 @@ legacy ``RandomState`` as ``{"bit_generator", "key" (int64 tensor), "pos", "has_
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Union

@@ -358,10 +358,9 @@ class Engine:
                 continue
             if progress is not None:
                 progress(i / n, f"{name} ({i + 1}/{n})")
-            cb = None
-            if progress is not None:
-                def cb(k, total, i=i, name=name):  # tiles (times the ensemble's passes) of this image
-                    progress((i + k / total) / n, f"{name}: {'step' if self_ensemble else 'tile'} {k}/{total}")
+            def tile_progress(k, total, i=i, name=name):  # tiles (times the ensemble's passes) of this image
+                progress((i + k / total) / n, f"{name}: {'step' if self_ensemble else 'tile'} {k}/{total}")
+            cb = tile_progress if progress is not None else None
             try:
                 with self._lock:
                     out = R.restore_array(img, lm, kernel, tile=self.tile, max_memory=self.max_memory, progress=cb,
