@@ -197,6 +197,40 @@ def test_measured_decision_is_recorded_and_logged(monkeypatch, caplog):
     _fft_policy.clear()
 
 
+def test_exact_decisions_are_per_plane_count_and_measured_at_it(monkeypatch):
+    """exact=True (the s = 1 filter): 3 and 4 planes are two decisions, each measured with its
+    own count; bucketed (the transforms): one decision for both, measured at the bucket's top."""
+    monkeypatch.delenv(_fft_policy.ENV, raising=False)
+    monkeypatch.setattr(_tuning, "FFT_BUDGET_S", 0.0)
+    made = []
+
+    def cands():
+        def maker(name):
+            def make(k):
+                made.append((name, k))
+                return lambda: None
+            return make
+        return {"torch": maker("torch"), "fused": maker("fused")}
+
+    _fft_policy.clear()
+    try:
+        for planes in (3, 4, 3):
+            _fft_policy.choose("s1_filter", 132, 132, planes, torch.float32, False, cands(), exact=True)
+        assert sorted(set(made)) == [("fused", 3), ("fused", 4), ("torch", 3), ("torch", 4)]
+        rows = sorted((d["batch"], d["exact"]) for d in _fft_policy.decisions())
+        assert rows == [("3", True), ("4", True)]
+        text = _fft_policy.format_decisions()
+        assert "batch=3 " in text and "batch=4 " in text and "batch<=" not in text
+        made.clear()
+        for planes in (3, 4):
+            _fft_policy.choose("s1_filter", 140, 140, planes, torch.float32, False, cands())
+        assert sorted(set(made)) == [("fused", 4), ("torch", 4)]
+        assert [d["batch"] for d in _fft_policy.decisions() if d["size"] == "140x140"] == ["4"]
+        assert "batch<=4" in _fft_policy.format_decisions()
+    finally:
+        _fft_policy.clear()
+
+
 def test_disk_cache_roundtrip_and_bad_file(monkeypatch, tmp_path):
     path = tmp_path / "sub" / "fft.json"
     monkeypatch.setenv(_fft_policy.CACHE_ENV, str(path))

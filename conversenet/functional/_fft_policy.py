@@ -174,15 +174,16 @@ def _bucket(planes: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, planes))))
 
 
-def _key(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool) -> str:
-    return f"{op}|{h}x{w}|b{_bucket(planes)}|{str(dtype).replace('torch.', '')}|t{torch.get_num_threads()}|g{int(grad)}"
+def _key(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool, exact: bool = False) -> str:
+    batch = f"n{planes}" if exact else f"b{_bucket(planes)}"
+    return f"{op}|{h}x{w}|{batch}|{str(dtype).replace('torch.', '')}|t{torch.get_num_threads()}|g{int(grad)}"
 
 
 Runner = Callable[[], object]
 
 
 def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
-           candidates: Dict[str, Callable[[int], Runner]]) -> str:
+           candidates: Dict[str, Callable[[int], Runner]], exact: bool = False) -> str:
     """The implementation for one CPU transform (or, with ``op="mm1x1"``, the memory order
     of a block's 1x1 products: ``h``, ``w`` = input and output channels, ``planes`` = pixels;
     with ``op="s1_filter"``, torch's ops or the fused pass for the s = 1 filter).
@@ -191,26 +192,30 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
         op: ``"rfft2"``, ``"irfft2"``, ``"irfft2_rows"``, ``"rfft2_cl"``, ``"irfft2_cl"``, ``"mm1x1"``
             or ``"s1_filter"``.
         h, w: real plane size (the output size for ``irfft2``).
-        planes: number of planes in the call (bucketed to a power of two).
+        planes: number of planes in the call (bucketed to a power of two unless ``exact``).
         dtype: real dtype of the plane.
         grad: whether an autograd graph is being recorded (the candidates are then only
             differentiable ones; the caller filters them).
         candidates: name -> ``make(planes)`` returning a no-argument runner on a fresh
             tensor of ``planes`` planes; only implementations that apply here.
+        exact: decide and measure for exactly ``planes`` planes, not for their bucket: for
+            candidates whose time per plane jumps inside a bucket (torch's elementwise ops go
+            multi-threaded above 32768 elements: 3 planes of 132 x 67 run on one thread, 4 on
+            two, and the latter took 5x as long here).
     """
     f = forced()
     if f is not None:
         return f if f in candidates else "torch"
     if len(candidates) == 1:
         return next(iter(candidates))
-    key = _key(op, h, w, planes, dtype, grad)
+    key = _key(op, h, w, planes, dtype, grad, exact)
     with _lock:
         _load_disk()
         d = _decisions.get(key)
         if d is not None and d["path"] in candidates:
             return d["path"]
         t0 = time.perf_counter()
-        times = _measure(candidates, planes, h * w)
+        times = _measure(candidates, planes if exact else _bucket(planes), h * w)
         _spent[0] += time.perf_counter() - t0
         path = min(times, key=times.get)
         _remember(key, {"path": path, "ms": {k: round(v * 1e3, 3) for k, v in times.items()}})
@@ -221,12 +226,13 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
 
 
 def _measure(candidates: Dict[str, Callable[[int], Runner]], planes: int, plane: int) -> Dict[str, float]:
+    # planes: the count to measure (a bucket's top, or the exact count), capped by FFT_MEASURE_ELEMS
     """Best time per call of each candidate, interleaved (round robin) so that a noisy
     neighbour hurts all alike; at least ``FFT_MIN_REPS`` rounds (one when ``FFT_BUDGET_S``
     is 0), then more until ``FFT_MAX_REPS`` rounds or ``FFT_BUDGET_S`` seconds (all in
     :mod:`conversenet._tuning`)."""
     t = _tuning
-    n = max(1, min(_bucket(planes), t.FFT_MEASURE_ELEMS // max(1, plane)))
+    n = max(1, min(planes, t.FFT_MEASURE_ELEMS // max(1, plane)))
     with torch.no_grad():
         runners = {name: make(n) for name, make in candidates.items()}
         for run in runners.values():  # warm-up: plans, tables, thread pools
@@ -251,7 +257,7 @@ def decisions() -> List[dict]:
         out = []
         for key, d in sorted(_decisions.items()):
             op, size, bucket, dtype, threads, grad = key.split("|")
-            out.append({"op": op, "size": size, "batch": bucket[1:], "dtype": dtype,
+            out.append({"op": op, "size": size, "batch": bucket[1:], "exact": bucket[0] == "n", "dtype": dtype,
                         "threads": threads[1:], "autograd": grad == "g1", "path": d["path"],
                         "ms": dict(d["ms"])})
         return out
@@ -269,7 +275,8 @@ def format_decisions() -> str:
         lines.append("  (no CPU FFT decisions were made)")
     for d in rows:
         ms = ", ".join(f"{k} {v:.2f}" for k, v in sorted(d["ms"].items(), key=lambda kv: kv[1]))
-        lines.append(f"  {d['op']:<6} {d['size']:>9} batch<={d['batch']:<4} {d['dtype']:<8} "
+        batch = f"batch{'=' if d['exact'] else '<='}{d['batch']}"
+        lines.append(f"  {d['op']:<6} {d['size']:>9} {batch:<12} {d['dtype']:<8} "
                      f"threads {d['threads']} {'grad' if d['autograd'] else 'nograd'}: "
                      f"{d['path']:<5} (ms per call: {ms})")
     return "\n".join(lines)

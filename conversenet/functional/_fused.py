@@ -28,8 +28,6 @@ __all__ = ["available", "apply_s1_filter", "choose"]
 
 _kernel: list = []  # [compiled function] or [None] when numba is missing
 _lock = threading.Lock()
-_caches.register("fused-filter", "the s = 1 filter pass compiled by numba (one function, in memory)",
-                 "one per process; compiled again on next use", _kernel)
 
 
 def _compile() -> Optional[Callable]:
@@ -68,11 +66,15 @@ def _get() -> Optional[Callable]:
         return _kernel[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
     """Whether numba is installed (the kernel is compiled on the first call); looked up once
     per process (a search of the import path costs about 25 us, paid by every solve otherwise)."""
     return importlib.util.find_spec("numba") is not None
+
+
+_caches.register("fused-filter", "the s = 1 filter pass compiled by numba (one function, in memory) and "
+                 "whether numba is installed", "one each per process; compiled again on next use", _kernel, available)
 
 
 def apply_s1_filter(fy: torch.Tensor, parts: torch.Tensor, lam: torch.Tensor, x0: str) -> torch.Tensor:
@@ -126,4 +128,6 @@ def choose(planes: int, m: int, n: int, dtype: torch.dtype) -> str:
             return lambda: fy.mul_(_filter_from_parts(parts.copy_(src)[:, :, 0], parts[:, :, 1], lam, "interp"))
         return make
 
-    return policy.choose("s1_filter", m, n, planes, dtype, False, {p: maker(p) for p in ("torch", "fused")})
+    # exact: torch's passes switch from one thread to all within a power-of-two bucket of planes
+    return policy.choose("s1_filter", m, n, planes, dtype, False, {p: maker(p) for p in ("torch", "fused")},
+                         exact=True)
