@@ -182,7 +182,8 @@ def test_measured_decision_is_recorded_and_logged(monkeypatch, caplog):
     for d in rows.values():
         assert d["size"] == "158x40" and d["batch"] == "8" and d["dtype"] == "float32"
         assert d["autograd"] is False
-        assert set(d["ms"]) == set(_paths(158)) and d["path"] == min(d["ms"], key=d["ms"].get)
+        assert set(d["ms"]) == set(_paths(158))
+        assert d["ms"][d["path"]] == min(d["ms"].values())  # the fastest (ties at the recorded rounding)
     assert sum("fft rfft2|158x40|b8" in r.getMessage() for r in caplog.records) == 1
     text = _fft_policy.format_decisions()
     assert "rfft2" in text and "158x40" in text and "torch.fft" in text

@@ -84,7 +84,7 @@ def test_choice_is_measured_and_listed(monkeypatch):
         assert _fused.choose(8, 64, 64, torch.float32) in ("torch", "fused")
         rows = [d for d in _fft_policy.decisions() if d["op"] == "s1_filter"]
         assert len(rows) == 1 and set(rows[0]["ms"]) == {"torch", "fused"}
-        assert rows[0]["path"] == min(rows[0]["ms"], key=rows[0]["ms"].get)
+        assert rows[0]["ms"][rows[0]["path"]] == min(rows[0]["ms"].values())  # ties at the rounding
         assert "s1_filter" in _fft_policy.format_decisions()
     finally:
         _fft_policy.clear()

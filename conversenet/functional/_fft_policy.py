@@ -226,8 +226,8 @@ def choose(op: str, h: int, w: int, planes: int, dtype: torch.dtype, grad: bool,
 
 
 def _measure(candidates: Dict[str, Callable[[int], Runner]], planes: int, plane: int) -> Dict[str, float]:
-    # planes: the count to measure (a bucket's top, or the exact count), capped by FFT_MEASURE_ELEMS
-    """Best time per call of each candidate, interleaved (round robin) so that a noisy
+    """Best time per call of each candidate on ``planes`` planes (a bucket's top, or the exact
+    count; at most ``FFT_MEASURE_ELEMS`` elements), interleaved (round robin) so that a noisy
     neighbour hurts all alike; at least ``FFT_MIN_REPS`` rounds (one when ``FFT_BUDGET_S``
     is 0), then more until ``FFT_MAX_REPS`` rounds or ``FFT_BUDGET_S`` seconds (all in
     :mod:`conversenet._tuning`)."""
